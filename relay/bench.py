@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -672,21 +673,25 @@ class Progress:
         self.last_line = 0.0
 
     def show(self, text: str) -> None:
-        if not self.enabled:
-            return
         now = time.monotonic()
         if self.is_tty:
-            self.stream.write("\r\x1b[K" + text)
-            self.stream.flush()
+            self._write("\r\x1b[K" + text)
         elif now - self.last_line >= 5.0:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            self._write(text + "\n")
             self.last_line = now
 
-    def done(self, text: str = "") -> None:
-        if self.enabled:
-            self.stream.write(("\r\x1b[K" if self.is_tty else "") + text + ("\n" if text else ""))
+    def done(self) -> None:
+        if self.is_tty:
+            self._write("\r\x1b[K")
+
+    def _write(self, text: str) -> None:
+        if not self.enabled:
+            return
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except OSError:  # a closed pipe must not abort the run and leave servers behind
+            self.enabled = False
 
 
 def percentile(sorted_values: Sequence[int], fraction: float) -> float:
@@ -734,9 +739,9 @@ def run_workload(
     sent_by: dict[int, int] = {}
     got_by: dict[int, int] = {}
 
-    def pump(until: float, status: Callable[[], str]) -> None:
-        """Handle worker messages until `until` (time.time()), showing progress."""
-        while True:
+    def pump(until: float, status: Callable[[], str], done: Callable[[], bool] = lambda: False) -> None:
+        """Handle worker messages until `until` (time.time()) or done(), showing progress."""
+        while not done():
             remaining = until - time.time()
             if remaining <= 0:
                 return
@@ -755,25 +760,21 @@ def run_workload(
             elif kind == "result":
                 results[index] = message[2]
             progress.show(status())
-            if kind == "ready" and len(ready) == procs and not started:
-                return
-            if kind == "result" and len(results) == procs:
-                return
 
     ready: dict[int, tuple[int, int]] = {}
-    started = False
     try:
-        connect_deadline = time.time() + 60 + connections / 50
+        start = time.time()
+        connect_deadline = start + 60 + connections / 50
         pump(
             connect_deadline,
             lambda: (
                 f"[{label}] connecting: {sum(r[0] for r in ready.values())}/{connections} "
                 f"({len(ready)}/{procs} generator processes ready)"
             ),
+            lambda: len(ready) == procs,
         )
         if len(ready) < procs:
-            raise RuntimeError(f"generator processes did not connect within {connect_deadline:.0f} s")
-        started = True
+            raise RuntimeError(f"generator processes did not connect within {connect_deadline - start:.0f} s")
         figures: dict[str, Any]
         if load.is_idle:
             settle_until = time.time() + args.settle
@@ -785,7 +786,7 @@ def run_workload(
             idle_cpu = (cpu_seconds(server_pids) - cpu0) / 2.0 if server_pids else math.nan
             for control in controls:
                 control.put(("idle",))
-            pump(time.time() + 60, lambda: f"[{label}] closing ...")
+            pump(time.time() + 60, lambda: f"[{label}] closing ...", lambda: len(results) == procs)
             opened = sum(r.connections for r in results.values())
             figures = {
                 "connections": opened,
@@ -828,7 +829,7 @@ def run_workload(
             cpu1 = cpu_seconds(server_pids) if server_pids else 0.0
             redis1 = cpu_seconds([redis_pid]) if redis_pid else 0.0
             rss = rss_bytes(server_pids) if server_pids else 0
-            pump(time.time() + load.drain + 60, status)
+            pump(time.time() + load.drain + 60, status, lambda: len(results) == procs)
             if len(results) < procs:
                 raise RuntimeError("generator processes did not report within the drain time + 60 s")
             figures = summarize(load, list(results.values()))
@@ -841,11 +842,14 @@ def run_workload(
                 figures["redis_cpu_percent"] = (redis1 - redis0) / load.duration * 100
                 figures["redis_cpu_us_per_msg"] = (redis1 - redis0) * 1e6 / delivered if delivered else None
     finally:
+        # After a normal run the workers are closing their sockets; after an error or a signal they are
+        # ended now, not left sending.
+        finished = len(results) == procs
         for control in controls:
             with contextlib.suppress(Exception):
                 control.put(("idle",))
         for process in workers:
-            process.join(timeout=15)
+            process.join(timeout=15 if finished else 0.5)
             if process.is_alive():
                 process.kill()
                 process.join()
@@ -1125,6 +1129,31 @@ def run(args: argparse.Namespace) -> int:
         return 2
     progress = Progress(sys.stderr, not args.quiet)
     runs: list[dict[str, Any]] = []
+    with _sigterm_as_exit():
+        code = _run_and_report(args, load, runs, progress)
+    return code
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the servers and generator processes started here are stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_and_report(
+    args: argparse.Namespace, load: Workload, runs: list[dict[str, Any]], progress: Progress
+) -> int:
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         try:
             with _servers(args, Path(tmp)) as servers:
