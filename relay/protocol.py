@@ -92,7 +92,7 @@ def _cursor(value: Any, *, required: bool) -> Any:
         if required:
             raise BadFrame("cursor_update needs 'cursor_position'")
         return None
-    if not isinstance(value, dict | int | list):
+    if isinstance(value, bool) or not isinstance(value, dict | int | list):
         raise BadFrame(f"cursor_position must be an object, array or integer, got {_json_type(value)}")
     if isinstance(value, int) and not -(2**53) <= value <= 2**53:
         raise BadFrame("cursor_position integer is out of range")
