@@ -571,6 +571,8 @@ class Servers:
                     "127.0.0.1",
                     "--port",
                     str(port),
+                    "--log-level",
+                    "warning",
                 ]
             log = (self.log_dir / f"{kind}-{i}.log").open("wb")
             process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
@@ -1066,7 +1068,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start relay and baseline replicas (one shared redis-server) and run the workload on each",
     )
     measure.add_argument("--replicas", type=int, default=2, help="replicas to start (default 2)")
-    measure.add_argument("--relay-cmd", default=_default_relay_cmd(), help="command that runs relay's CLI")
+    measure.add_argument(
+        "--relay-cmd",
+        default=f"{shlex.quote(sys.executable)} -m relay.cli",
+        help="command that runs relay's CLI (default: this Python, -m relay.cli)",
+    )
     measure.add_argument("--redis-server", default="redis-server", help="redis-server binary")
     measure.add_argument(
         "--ws", default="auto", help="uvicorn --ws for started baseline replicas (auto = websockets-sansio)"
@@ -1083,13 +1089,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--format", choices=("table", "json"), default="table", help="stdout format")
     output.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write JSON here")
     output.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr")
-
-
-def _default_relay_cmd() -> str:
-    script = Path(sys.executable).with_name("relay")
-    if script.exists():
-        return str(script)
-    return f"{sys.executable} -c 'import sys; from relay.cli import main; sys.exit(main())'"
 
 
 def workload_from(args: argparse.Namespace) -> Workload:

@@ -1,8 +1,8 @@
 """Smoke tests of `relay bench`: tiny workloads over real replicas and a real redis-server.
 
-The bench starts everything itself (one redis-server and two replicas on free ports, stopped by pid),
-so these tests also prove that its --start mode works. They assert what must always hold (every event
-delivered once and in order, every connection opened) and never a timing figure.
+The bench starts everything itself (one redis-server, two relay and two baseline replicas on free ports,
+all stopped by pid), so these tests also prove its --compare-baseline mode. They assert what must always
+hold (every event delivered once and in order, every connection opened) and never a timing figure.
 """
 
 from __future__ import annotations
@@ -20,37 +20,39 @@ pytestmark = pytest.mark.slow
 
 def run_bench(tmp_path: Path, *argv: str) -> tuple[int, dict[str, Any]]:
     report = tmp_path / "bench.json"
-    code = bench.main([*argv, "--replicas", "2", "--json", str(report), "--quiet"])
+    code = bench.main([*argv, "--compare-baseline", "--replicas", "2", "--json", str(report), "--quiet"])
     assert report.exists(), f"relay bench exited {code} without a report"
     return code, json.loads(report.read_text())
 
 
-@pytest.mark.parametrize("server", ["baseline"])
-def test_tiny_workload_is_delivered_once_and_in_order(tmp_path: Path, server: str) -> None:
+def test_tiny_workload_is_delivered_once_and_in_order_by_relay_and_baseline(tmp_path: Path) -> None:
     """2 rooms x 2 members x 5 ev/s for 2 s across two replicas: nothing lost, doubled or reordered."""
     code, report = run_bench(
         tmp_path,
-        "--start", server,
         "--rooms", "2", "--members", "2", "--rate", "5",
         "--duration", "2", "--warmup", "1", "--drain", "15",
     )  # fmt: skip
-    (run,) = report["runs"]
-    assert run["connections"] == 4
-    assert run["connect_failures"] == 0
-    assert run["expected"] > 0
-    assert run["delivered"] == run["expected"]
-    assert (run["lost"], run["duplicated"], run["out_of_order"]) == (0, 0, 0)
-    assert run["malformed"] == 0
-    assert run["closed_early"] == 0
-    assert run["server_cpu_us_per_msg"] is not None
+    assert [run["target"] for run in report["runs"]] == ["relay", "baseline"]
+    for run in report["runs"]:
+        assert run["connections"] == 4, run
+        assert run["connect_failures"] == 0, run
+        assert run["expected"] > 0, run
+        assert run["delivered"] == run["expected"], run
+        assert (run["lost"], run["duplicated"], run["out_of_order"]) == (0, 0, 0), run
+        assert (run["malformed"], run["errors"], run["closed_early"]) == (0, 0, 0), run
+        assert run["server_cpu_us_per_msg"] is not None, run
+    relay_run = report["runs"][0]
+    # relay acknowledges each editor_update to its sender; the baseline does not.
+    assert relay_run["acks"] > 0
+    assert report["ratios"]["server_cpu_us_per_msg"] is not None
     assert code == 0
 
 
 def test_idle_mode_opens_every_connection_and_reports_memory(tmp_path: Path) -> None:
-    """--idle 10 against two baseline replicas opens 10 sockets and reports server memory per connection."""
-    code, report = run_bench(tmp_path, "--start", "baseline", "--idle", "10", "--settle", "0.5")
-    (run,) = report["runs"]
-    assert run["connections"] == 10
-    assert run["connect_failures"] == 0
-    assert run["server_kb_per_connection"] is not None
+    """--idle 10 opens 10 sockets on each server and reports server memory per connection."""
+    code, report = run_bench(tmp_path, "--idle", "10", "--settle", "0.5")
+    for run in report["runs"]:
+        assert run["connections"] == 10, run
+        assert run["connect_failures"] == 0, run
+        assert run["server_kb_per_connection"] is not None, run
     assert code == 0
