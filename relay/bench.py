@@ -481,6 +481,14 @@ def cpu_seconds(roots: Sequence[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all cores), to show what else ran during a measurement."""
+    with open("/proc/stat") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
 def rss_bytes(roots: Sequence[int]) -> int:
     total = 0
     for root in roots:
@@ -827,14 +835,17 @@ def run_workload(
             pump(measure_start / NS, status)
             cpu0 = cpu_seconds(server_pids) if server_pids else 0.0
             redis0 = cpu_seconds([redis_pid]) if redis_pid else 0.0
+            busy0 = machine_busy_seconds()
             pump(measure_end / NS, status)
             cpu1 = cpu_seconds(server_pids) if server_pids else 0.0
             redis1 = cpu_seconds([redis_pid]) if redis_pid else 0.0
+            busy1 = machine_busy_seconds()
             rss = rss_bytes(server_pids) if server_pids else 0
             pump(time.time() + load.drain + 60, status, lambda: len(results) == procs)
             if len(results) < procs:
                 raise RuntimeError("generator processes did not report within the drain time + 60 s")
             figures = summarize(load, list(results.values()))
+            figures["machine_cpu_percent"] = (busy1 - busy0) / load.duration * 100
             delivered = figures["delivered"]
             if server_pids:
                 figures["server_cpu_percent"] = (cpu1 - cpu0) / load.duration * 100
@@ -934,6 +945,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("server_kb_per_connection", "server KB/connection", "{:.1f}"),
     ("server_idle_cpu_percent", "server idle CPU %", "{:.1f}"),
     ("generator_cpu_percent", "generator CPU % (per process)", "{}"),
+    ("machine_cpu_percent", "machine CPU % (all processes)", "{:.0f}"),
     ("acks", "acks", "{:.0f}"),
     ("errors", "error frames", "{:.0f}"),
     ("closed_early", "closed early", "{:.0f}"),
