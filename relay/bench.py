@@ -135,6 +135,7 @@ class WorkerResult:
     lost: int = 0
     duplicated: int = 0
     out_of_order: int = 0
+    out_of_order_same_type: int = 0
     malformed: int = 0
     acks: int = 0
     errors: int = 0
@@ -152,11 +153,14 @@ class WorkerResult:
 class Peer:
     """What one receiver has seen of one sender."""
 
-    __slots__ = ("distinct", "dups", "got", "max_seen", "ooo")
+    __slots__ = ("distinct", "dups", "got", "max_seen", "max_seen_by_kind", "ooo", "ooo_same_kind")
 
     def __init__(self, size: int) -> None:
         self.got = bytearray(size)
         self.max_seen = -1
+        # Per frame type too: tells reordering between editor and cursor updates from reordering within one.
+        self.max_seen_by_kind = {"editor_update": -1, "cursor_update": -1}
+        self.ooo_same_kind = 0
         self.distinct = 0
         self.dups = 0
         self.ooo = 0
@@ -302,6 +306,10 @@ class Worker:
             peer.ooo += 1
         else:
             peer.max_seen = counter
+        if counter < peer.max_seen_by_kind[kind]:
+            peer.ooo_same_kind += 1
+        else:
+            peer.max_seen_by_kind[kind] = counter
         if self.measure_start <= sent_ns < self.measure_end:
             self.latencies.append(now_ns - sent_ns)
 
@@ -391,6 +399,7 @@ class Worker:
                 sender = by_id[sender_id]
                 result.duplicated += peer.dups
                 result.out_of_order += peer.ooo
+                result.out_of_order_same_type += peer.ooo_same_kind
                 if sender.measured_count:
                     first = sender.measured_first
                     window = peer.got[first : first + sender.measured_count]
@@ -891,6 +900,7 @@ def summarize(load: Workload, results: list[WorkerResult]) -> dict[str, Any]:
             "lost",
             "duplicated",
             "out_of_order",
+            "out_of_order_same_type",
             "malformed",
             "acks",
             "errors",
@@ -933,6 +943,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("lost", "lost", "{:.0f}"),
     ("duplicated", "duplicated", "{:.0f}"),
     ("out_of_order", "out of order", "{:.0f}"),
+    ("out_of_order_same_type", "  of which within one type", "{:.0f}"),
     ("latency_ms.p50", "latency p50 ms", "{:.2f}"),
     ("latency_ms.p90", "latency p90 ms", "{:.2f}"),
     ("latency_ms.p99", "latency p99 ms", "{:.2f}"),
@@ -1087,6 +1098,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     measure.add_argument("--redis-server", default="redis-server", help="redis-server binary")
     measure.add_argument(
+        "--log-dir", type=Path, default=None, help="keep the started servers' logs here (default: discarded)"
+    )
+    measure.add_argument(
         "--ws", default="auto", help="uvicorn --ws for started baseline replicas (auto = websockets-sansio)"
     )
     measure.add_argument(
@@ -1165,7 +1179,12 @@ def _sigterm_as_exit() -> Iterator[None]:
 def _run_and_report(
     args: argparse.Namespace, load: Workload, runs: list[dict[str, Any]], progress: Progress
 ) -> int:
-    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.log_dir is not None:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.log_dir)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-bench-"))
         try:
             with _servers(args, Path(tmp)) as servers:
                 _run_all(args, load, servers, runs, progress)
