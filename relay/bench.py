@@ -600,9 +600,13 @@ class Servers:
         return started
 
     def stop(self) -> None:
-        processes = [r.process for r in self.replicas]
+        # Replicas first, so that their shutdown can still talk to Redis; then Redis.
+        self._terminate([r.process for r in self.replicas])
         if self.redis is not None:
-            processes.append(self.redis)
+            self._terminate([self.redis])
+
+    @staticmethod
+    def _terminate(processes: Sequence[subprocess.Popen[bytes]]) -> None:
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
