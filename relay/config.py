@@ -150,8 +150,8 @@ class Settings:
             jwt_secret = DEV_JWT_SECRET
         claim_text = reader.text("RELAY_INTERVIEWER_CLAIM")
         settings = cls(
-            host=reader.text("HOST") or reader.text("RELAY_HOST") or cls.host,
-            port=reader.integer("PORT", cls.port, minimum=1, maximum=65535, alias="RELAY_PORT"),
+            host=reader.text("HOST") or cls.host,
+            port=reader.integer("PORT", cls.port, minimum=1, maximum=65535),
             workers=reader.integer("RELAY_WORKERS", cls.workers, minimum=1, maximum=64),
             log_level=reader.choice("RELAY_LOG_LEVEL", cls.log_level, _LOG_LEVELS),
             log_format=reader.choice("RELAY_LOG_FORMAT", cls.log_format, {"json", "text", "auto"}),
@@ -274,11 +274,8 @@ class _Reader:
         *,
         minimum: int | None = None,
         maximum: int | None = None,
-        alias: str | None = None,
     ) -> int:
         value = self._env.get(name)
-        if (value is None or not value.strip()) and alias is not None:
-            name, value = alias, self._env.get(alias)
         if value is None or not value.strip():
             return default
         try:

@@ -202,6 +202,7 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
     rooms = services.rooms
     bucket = TokenBucket(settings.rate_per_second, settings.rate_burst)
     flood = _FloodWatch(limit=settings.rate_burst)
+    last_rate_notice = 0.0
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -225,9 +226,13 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
             if flood.dropped():
                 connection.kick(RateLimited("kept sending faster than the rate limit"))
                 return
+            # Every refused edit is answered (its sender must resend it); other refusals at most once a
+            # second, so a flood cannot fill its own send queue with notices.
             msg_id = frame.client_msg_id if isinstance(frame, EditorUpdate) else None
-            connection.offer(_error("rate_limited", f"more than {settings.rate_per_second:g} frames per "
-                                    "second: this frame was dropped", msg_id))
+            if isinstance(frame, EditorUpdate) or time.monotonic() - last_rate_notice > 1.0:
+                last_rate_notice = time.monotonic()
+                connection.offer(_error("rate_limited", f"more than {settings.rate_per_second:g} frames per "
+                                        "second: dropped", msg_id))
             continue
         if frame is None:
             connection.offer(_error(refusal.code, refusal.message))
