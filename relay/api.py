@@ -1,0 +1,174 @@
+"""The REST endpoints under /api, with the response shapes of the product relay replaces."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from relay.auth import Identity, bearer_token
+from relay.errors import BadRequest, Forbidden, RelayError, TooLarge, Unauthorized, Unavailable
+from relay.rooms import INTERVIEWER, normalize_code
+from relay.services import Services
+
+logger = logging.getLogger("relay.api")
+
+MAX_BODY_BYTES = 16 * 1024
+# Below the usual readiness-probe timeout (1 s), so a slow Redis reads as "not ready", not as a hung pod.
+READY_PING_TIMEOUT = 0.8
+CREATE_ROOM_FIELDS = {"title": 200, "language": 40}
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(error: RelayError) -> JSONResponse:
+    return JSONResponse(error.as_dict(), status_code=error.http_status)
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def _identity(request: Request) -> Identity:
+    header = request.headers.get("authorization")
+    token = bearer_token(header)
+    if header and token is None:
+        raise Unauthorized("Authorization header must be 'Bearer <access token>'")
+    return await _services(request).auth.authenticate(token)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise TooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+async def create_room(request: Request) -> Response:
+    services = _services(request)
+    identity = await _identity(request)
+    if services.settings.create_requires_interviewer and not identity.is_interviewer:
+        raise Forbidden(f"creating rooms needs the interviewer claim ({services.settings.interviewer_claim})")
+    body = await _json_body(request)
+    unknown = sorted(set(body) - set(CREATE_ROOM_FIELDS))
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(CREATE_ROOM_FIELDS)}")
+    options: dict[str, str] = {}
+    for name, limit in CREATE_ROOM_FIELDS.items():
+        value = body.get(name, "")
+        if not isinstance(value, str) or len(value) > limit:
+            raise BadRequest(f"{name} must be a string of at most {limit} characters")
+        options[name] = value
+    room = await services.rooms.create(identity, title=options["title"], language=options["language"])
+    logger.info("room %s created by %s", room.code, identity.user_id)
+    return JSONResponse(
+        {
+            "status": "success",
+            "message": "Room created successfully",
+            "room_code": room.code,
+            "role": INTERVIEWER,
+            "created_at": room.created_at,
+            "title": room.title,
+            "language": room.language,
+            "ws_path": f"/ws/{room.code}",
+        },
+        status_code=200,
+    )
+
+
+async def join_room(request: Request) -> Response:
+    services = _services(request)
+    identity = await _identity(request)
+    body = await _json_body(request)
+    if "room_code" not in body:
+        raise BadRequest("body must be {\"room_code\": \"ABC123\"}")
+    code = normalize_code(body["room_code"])
+    member, is_new = await services.rooms.join(code, identity)
+    if is_new:
+        logger.info("user %s joined room %s as %s", identity.user_id, code, member.role)
+    return JSONResponse(
+        {
+            "status": "success",
+            "message": "Joined room successfully" if is_new else "Already a member of this room",
+            "room_code": code,
+            "role": member.role,
+            "ws_path": f"/ws/{code}",
+        }
+    )
+
+
+async def get_room(request: Request) -> Response:
+    services = _services(request)
+    identity = await _identity(request)
+    code = normalize_code(request.path_params["code"])
+    info = await services.rooms.info(code)
+    if all(member.user_id != identity.user_id for member in info.members):
+        raise Forbidden(f"only members of room {code} may see it: join it first (POST /api/join-room)")
+    return JSONResponse({"status": "success", **info.as_dict()})
+
+
+async def delete_room(request: Request) -> Response:
+    services = _services(request)
+    identity = await _identity(request)
+    code = normalize_code(request.path_params["code"])
+    member = await services.rooms.member(code, identity.user_id)
+    if member.role != INTERVIEWER:
+        raise Forbidden(f"only an interviewer may close room {code}")
+    seq = await services.rooms.close(code)
+    logger.info("room %s closed by %s", code, identity.user_id)
+    return JSONResponse({"status": "success", "message": "Room closed", "room_code": code, "seq": seq})
+
+
+async def health(request: Request) -> Response:
+    """Liveness: the process answers. Never touches Redis, so a Redis outage restarts no pod."""
+    services = _services(request)
+    return JSONResponse({"status": "ok", "replica": services.replica_id})
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: Redis answers, the pub/sub link is up and the replica is not draining."""
+    services = _services(request)
+    problems = []
+    if services.is_draining:
+        problems.append("draining")
+    if not services.bus.has_redis:
+        problems.append("pub/sub link to Redis is down")
+    try:
+        await asyncio.wait_for(services.rooms.ping(), READY_PING_TIMEOUT)
+    except (Unavailable, TimeoutError):
+        problems.append("Redis does not answer")
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready", "replica": services.replica_id, "connections":
+                         services.hub.connection_count, "rooms": len(services.hub.room_codes)})
+
+
+routes = [
+    Route("/api/create-room", create_room, methods=["POST"]),
+    Route("/api/join-room", join_room, methods=["POST"]),
+    Route("/api/room/{code}", get_room, methods=["GET"]),
+    Route("/api/room/{code}", delete_room, methods=["DELETE"]),
+    Route("/api/health", health, methods=["GET"]),
+    Route("/api/ready", ready, methods=["GET"]),
+]

@@ -1,0 +1,166 @@
+"""create_app(settings): routes, error handlers, and the lifespan that builds Redis -> Bus -> Hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import WebSocketRoute
+
+from relay import api
+from relay.auth import Authenticator
+from relay.bus import Bus
+from relay.config import Settings
+from relay.errors import InternalError, RelayError, Unavailable
+from relay.hub import Hub
+from relay.origins import cors_origins
+from relay.rooms import Rooms
+from relay.services import Services
+from relay.ws import websocket_endpoint
+
+logger = logging.getLogger("relay.app")
+
+REDIS_MAX_CONNECTIONS = 64
+
+
+def make_redis(settings: Settings) -> aioredis.Redis:
+    """The process's Redis client: the real one, or an in-process fakeredis for the embedded mode."""
+    if settings.redis_url is None:
+        import fakeredis  # imported here: production replicas never load it
+
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    # A blocking pool: a burst waits for a free connection instead of failing with
+    # "Too many connections" or opening hundreds of sockets.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=5,
+        socket_connect_timeout=3,
+        socket_timeout=5,
+        socket_keepalive=True,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def replica_name() -> str:
+    """Pod name on Kubernetes (HOSTNAME), plus the worker's pid, plus a random suffix for restarts."""
+    return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def create_app(settings: Settings) -> Starlette:
+    replica_id = replica_name()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis_client = make_redis(settings)
+        bus = Bus(redis_client)
+        hub = Hub(bus)
+        services = Services(
+            settings=settings,
+            auth=Authenticator(settings),
+            rooms=Rooms(redis_client, settings),
+            bus=bus,
+            hub=hub,
+            replica_id=replica_id,
+        )
+        app.state.services = services
+        if settings.is_embedded:
+            logger.warning(
+                "no REDIS_URL: running on the embedded in-process store, as a single replica; "
+                "rooms are lost when this process stops"
+            )
+        if settings.dev_mode:
+            logger.warning("development mode: accepting tokens signed with the local development secret")
+        tasks = [
+            asyncio.create_task(hub.run(), name="hub"),
+            asyncio.create_task(_refresh_presence(services), name="presence"),
+        ]
+        logger.info("replica %s started", replica_id)
+        try:
+            yield
+        finally:
+            services.is_draining = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await bus.aclose()
+            with contextlib.suppress(Exception):
+                await redis_client.aclose()
+            logger.info("replica %s stopped", replica_id)
+
+    middleware = []
+    origins = cors_origins(settings)
+    if origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        )
+    return Starlette(
+        routes=[*api.routes, WebSocketRoute("/ws/{room_code}", websocket_endpoint)],
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            RelayError: _relay_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn's factory: every worker process reads the same environment."""
+    return create_app(Settings.from_environ())
+
+
+async def _refresh_presence(services: Services) -> None:
+    """Re-mark this replica's connections present before their entries expire (a dead replica's don't)."""
+    interval = services.settings.presence_ttl / 3
+    while True:
+        await asyncio.sleep(interval)
+        for connection in services.hub.connections():
+            try:
+                await services.rooms.presence_add(
+                    connection.room_code, connection.identity, connection.role, connection.id
+                )
+            except Unavailable:
+                break  # Redis is away; the bus reports it, and the next round retries
+
+
+async def _relay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RelayError)
+    return api.error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    body: dict[str, Any] = {
+        "status": "error",
+        "code": codes.get(exc.status_code, "http_error"),
+        "message": exc.detail if exc.status_code != 404 else f"no endpoint {request.url.path}",
+    }
+    return api.JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return api.error_response(InternalError("internal error; it has been logged"))

@@ -1,0 +1,145 @@
+"""The process's one Redis pub/sub connection: subscribe, unsubscribe, and one stream of events.
+
+`Bus.events()` is the only way data comes up from Redis: messages, plus `Disconnected` / `Reconnected`
+markers so the hub can tell clients and repair gaps from history. The bus keeps one PubSub for the life
+of the process; redis-py resubscribes its channels when the connection is re-established, and the bus
+retries with capped, jittered backoff for as long as Redis stays away.
+
+A pub/sub connection that the network silently dropped sends nothing and raises nothing, so the bus
+PINGs through it every `ping_interval` seconds and treats a missing PONG as a dead link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+logger = logging.getLogger("relay.bus")
+
+SUBSCRIBE_TIMEOUT = 5.0
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    channel: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    pass
+
+
+BusEvent = Message | Disconnected | Reconnected
+
+
+class Bus:
+    def __init__(self, redis_client: aioredis.Redis, *, ping_interval: float = 5.0) -> None:
+        self._pubsub = redis_client.pubsub()
+        self._ping_interval = ping_interval
+        self._waiters: defaultdict[bytes, list[asyncio.Future[None]]] = defaultdict(list)
+        self._last_pong = 0.0
+        self.has_redis = False
+
+    async def subscribe(self, channel: str) -> None:
+        """Returns once Redis confirmed the subscription: no later PUBLISH on it can be missed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[channel.encode()].append(future)
+        try:
+            await self._pubsub.subscribe(channel)
+            await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_TIMEOUT)
+        finally:
+            waiters = self._waiters.get(channel.encode())
+            if waiters and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[channel.encode()]
+
+    async def unsubscribe(self, channel: str) -> None:
+        try:
+            await self._pubsub.unsubscribe(channel)
+        except _REDIS_DOWN:
+            # Gone with the connection anyway; drop it so a reconnect does not resubscribe it.
+            self._pubsub.channels.pop(channel.encode(), None)
+            self._pubsub.pending_unsubscribe_channels.discard(channel.encode())
+
+    async def events(self) -> AsyncIterator[BusEvent]:
+        """Messages of every subscribed channel, for as long as the process lives."""
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                await self._pubsub.connect()  # type: ignore[no-untyped-call]
+                if not self.has_redis:
+                    self.has_redis = True
+                    self._last_pong = asyncio.get_running_loop().time()
+                    logger.info("pub/sub connected (%d channels)", len(self._pubsub.channels))
+                    yield Reconnected()
+                backoff = BACKOFF_FIRST
+                async for event in self._read():
+                    yield event
+            except _REDIS_DOWN as exc:
+                if self.has_redis:
+                    self.has_redis = False
+                    logger.warning("pub/sub connection lost: %s", exc or type(exc).__name__)
+                    yield Disconnected(str(exc) or type(exc).__name__)
+                await self._drop_connection()
+                delay = random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not security
+                await asyncio.sleep(delay)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _read(self) -> AsyncIterator[BusEvent]:
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + self._ping_interval
+        while True:
+            # A bounded wait, so the link is checked even when no room has traffic.
+            message = await self._pubsub.get_message(timeout=min(1.0, self._ping_interval))
+            now = loop.time()
+            if message is not None:
+                self._last_pong = now  # any traffic proves the link is alive
+                event = self._handle(message)
+                if event is not None:
+                    yield event
+            if now >= next_ping:
+                if now - self._last_pong > 2 * self._ping_interval:
+                    raise redis.exceptions.ConnectionError(
+                        f"no reply from Redis on the pub/sub link for {now - self._last_pong:.1f}s"
+                    )
+                await self._pubsub.ping()
+                next_ping = now + self._ping_interval
+
+    def _handle(self, message: dict[str, Any]) -> BusEvent | None:
+        kind = message["type"]
+        if kind == "message":
+            return Message(message["channel"], message["data"])
+        if kind == "subscribe":
+            for future in self._waiters.pop(message["channel"], []):
+                if not future.done():
+                    future.set_result(None)
+        return None
+
+    async def _drop_connection(self) -> None:
+        connection = self._pubsub.connection
+        if connection is not None:
+            try:
+                await connection.disconnect()
+            except Exception:
+                logger.debug("error while dropping a broken pub/sub connection", exc_info=True)
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,126 @@
+"""`relay serve` runs the service; `relay token` mints a development token."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from relay.config import DEV_JWT_SECRET, ConfigError, Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the relay service (uvicorn)")
+    serve.add_argument("--host", help="interface to bind (env HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (env PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (env RELAY_WORKERS, default 1)")
+    serve.add_argument("--log-level", help="critical|error|warning|info|debug (env RELAY_LOG_LEVEL)")
+    serve.add_argument("--dev", action="store_true", help="development mode (env RELAY_DEV_MODE=true)")
+    serve.add_argument("--env-file", help="read settings from this file (default: ./.env if present)")
+
+    token = commands.add_parser("token", help="mint a development-mode token for a user")
+    token.add_argument("--user", required=True, help="user id (the token's sub)")
+    token.add_argument("--name", help="display name (default: the user id)")
+    token.add_argument("--email", help="email claim")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument(
+        "--interviewer", action="store_true",
+        help="add the claim named by RELAY_INTERVIEWER_CLAIM (needs that setting)",
+    )
+
+    _add_bench(commands)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "token":
+        return _token(args)
+    return int(args.run(args))
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        bench = importlib.import_module("relay.bench")
+    except ImportError:  # the load generator ships separately while it is being built
+        return
+    parser = commands.add_parser("bench", help="load-test relay replicas (see README, Performance)")
+    bench.add_arguments(parser)
+    parser.set_defaults(run=bench.run)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Flags become environment variables so that every uvicorn worker builds the same Settings.
+    overrides = {
+        "HOST": args.host,
+        "PORT": None if args.port is None else str(args.port),
+        "RELAY_WORKERS": None if args.workers is None else str(args.workers),
+        "RELAY_LOG_LEVEL": args.log_level,
+        "RELAY_DEV_MODE": "true" if args.dev else None,
+    }
+    try:
+        settings = Settings.from_environ(None, env_file=args.env_file)
+        if args.env_file:
+            # Workers re-read the environment: carry the file's values over.
+            for key, value in settings.extra.items():
+                os.environ.setdefault(key, value)
+        for key, value in overrides.items():
+            if value is not None:
+                os.environ[key] = value
+        settings = Settings.from_environ(None, env_file=args.env_file)
+    except ConfigError as error:
+        print(f"relay: configuration error: {error}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from relay.logs import log_config
+
+    uvicorn.run(
+        "relay.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=log_config(settings),
+        log_level=settings.log_level,
+        ws_max_size=settings.max_frame_bytes,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from relay.auth import mint_dev_token
+
+    try:
+        settings = Settings.from_environ({**os.environ, "RELAY_DEV_MODE": "true"})
+    except ConfigError as error:
+        print(f"relay: configuration error: {error}", file=sys.stderr)
+        return 2
+    secret = settings.jwt_secret or DEV_JWT_SECRET
+    extra: dict[str, object] = {}
+    if args.interviewer:
+        claim = settings.interviewer_claim
+        if claim is None:
+            print("relay: --interviewer needs RELAY_INTERVIEWER_CLAIM (e.g. app_metadata.role=interviewer)",
+                  file=sys.stderr)
+            return 2
+        node: dict[str, object] = extra
+        for part in claim.path[:-1]:
+            child: dict[str, object] = {}
+            node[part] = child
+            node = child
+        node[claim.path[-1]] = claim.value
+    print(mint_dev_token(secret, args.user, name=args.name, email=args.email, ttl_seconds=args.ttl,
+                         extra_claims=extra, issuer=settings.jwt_issuer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Settings: read once from the environment (and an optional .env file), frozen, validated.
+
+Every setting has one name, used in the environment, in `.env` and in README's configuration table.
+A bad value stops start-up with a `ConfigError` whose message names the setting, what was expected
+and what arrived.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import starlette.config
+
+# The secret that development mode signs and verifies tokens with when no SUPABASE_JWT_SECRET is set.
+# Public on purpose (it is in the repository): production mode refuses to start with it.
+DEV_JWT_SECRET = "relay-dev-secret-0123456789abcdef-not-for-production"  # noqa: S105 - public on purpose
+
+# HS256 secrets shorter than this are brute-forceable offline from a single captured token.
+MIN_HS256_SECRET_BYTES = 32
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
+
+
+class ConfigError(Exception):
+    """A setting has a value relay cannot run with; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class InterviewerClaim:
+    """A token claim that marks its bearer as an interviewer, e.g. `app_metadata.role=interviewer`."""
+
+    path: tuple[str, ...]
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> InterviewerClaim:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ConfigError(
+                f"RELAY_INTERVIEWER_CLAIM must look like 'claim.path=value' "
+                f"(e.g. app_metadata.role=interviewer), got {text!r}"
+            )
+        return cls(path=tuple(part for part in name.strip().split(".")), value=value.strip())
+
+    def matches(self, claims: Mapping[str, object]) -> bool:
+        node: object = claims
+        for part in self.path:
+            if not isinstance(node, Mapping):
+                return False
+            node = node.get(part)
+        if isinstance(node, list):
+            return self.value in [str(item) for item in node]
+        return node is not None and str(node) == self.value
+
+    def __str__(self) -> str:
+        return f"{'.'.join(self.path)}={self.value}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Serving
+    host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on all interfaces
+    port: int = 8000
+    workers: int = 1
+    log_level: str = "info"
+    log_format: str = "auto"  # json | text | auto (text on a terminal, JSON otherwise)
+
+    # Auth
+    dev_mode: bool = False
+    supabase_url: str | None = None
+    supabase_anon_key: str | None = None
+    jwt_secret: str | None = None
+    jwt_audience: str = "authenticated"
+    jwks_min_refresh_seconds: float = 30.0
+    interviewer_claim: InterviewerClaim | None = None
+    create_requires_interviewer: bool = False
+    allowed_origins: tuple[str, ...] = ()
+
+    # Redis and rooms
+    redis_url: str | None = None
+    room_ttl: int = 24 * 3600
+    closed_room_ttl: int = 3600
+    history_max_events: int = 500
+    history_max_age: int = 600
+    presence_ttl: int = 30
+
+    # Connections and limits
+    send_queue_frames: int = 256
+    max_frame_bytes: int = 256 * 1024
+    max_document_bytes: int = 200 * 1024
+    shutdown_grace: float = 20.0
+
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when there is no REDIS_URL: one process, with an in-process store."""
+        return self.redis_url is None
+
+    @property
+    def jwks_url(self) -> str | None:
+        if self.supabase_url is None:
+            return None
+        return f"{self.supabase_url}/auth/v1/.well-known/jwks.json"
+
+    @property
+    def jwt_issuer(self) -> str | None:
+        if self.supabase_url is None:
+            return None
+        return f"{self.supabase_url}/auth/v1"
+
+    @classmethod
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
+    ) -> Settings:
+        """Settings from `environ` (default: os.environ) over the values of `env_file` (default: ./.env).
+
+        Real environment variables win over the file, as with every dotenv convention.
+        """
+        values: dict[str, str] = {}
+        path = Path(env_file) if env_file is not None else Path(".env")
+        if env_file is not None or (environ is None and path.is_file()):
+            values.update(read_env_file(path))
+        values.update(os.environ if environ is None else environ)
+        return cls._from_values(values)
+
+    @classmethod
+    def _from_values(cls, env: Mapping[str, str]) -> Settings:
+        reader = _Reader(env)
+        dev_mode = reader.boolean("RELAY_DEV_MODE", False)
+        supabase_url = reader.url("SUPABASE_URL")
+        jwt_secret = reader.text("SUPABASE_JWT_SECRET")
+        if dev_mode and jwt_secret is None and supabase_url is None:
+            jwt_secret = DEV_JWT_SECRET
+        claim_text = reader.text("RELAY_INTERVIEWER_CLAIM")
+        settings = cls(
+            host=reader.text("HOST") or reader.text("RELAY_HOST") or cls.host,
+            port=reader.integer("PORT", cls.port, minimum=1, maximum=65535, alias="RELAY_PORT"),
+            workers=reader.integer("RELAY_WORKERS", cls.workers, minimum=1, maximum=64),
+            log_level=reader.choice("RELAY_LOG_LEVEL", cls.log_level, _LOG_LEVELS),
+            log_format=reader.choice("RELAY_LOG_FORMAT", cls.log_format, {"json", "text", "auto"}),
+            dev_mode=dev_mode,
+            supabase_url=supabase_url,
+            supabase_anon_key=reader.text("SUPABASE_ANON_KEY"),
+            jwt_secret=jwt_secret,
+            jwt_audience=reader.text("RELAY_JWT_AUDIENCE") or cls.jwt_audience,
+            jwks_min_refresh_seconds=reader.number(
+                "RELAY_JWKS_MIN_REFRESH", cls.jwks_min_refresh_seconds, minimum=0
+            ),
+            interviewer_claim=InterviewerClaim.parse(claim_text) if claim_text else None,
+            create_requires_interviewer=reader.boolean("RELAY_CREATE_REQUIRES_INTERVIEWER", False),
+            allowed_origins=reader.origins("RELAY_ALLOWED_ORIGINS"),
+            redis_url=reader.redis_url("REDIS_URL"),
+            room_ttl=reader.integer("RELAY_ROOM_TTL", cls.room_ttl, minimum=60),
+            closed_room_ttl=reader.integer("RELAY_CLOSED_ROOM_TTL", cls.closed_room_ttl, minimum=1),
+            history_max_events=reader.integer(
+                "RELAY_HISTORY_MAX_EVENTS", cls.history_max_events, minimum=1
+            ),
+            history_max_age=reader.integer("RELAY_HISTORY_MAX_AGE", cls.history_max_age, minimum=1),
+            presence_ttl=reader.integer("RELAY_PRESENCE_TTL", cls.presence_ttl, minimum=3),
+            send_queue_frames=reader.integer("RELAY_SEND_QUEUE", cls.send_queue_frames, minimum=1),
+            max_frame_bytes=reader.integer("RELAY_MAX_FRAME_BYTES", cls.max_frame_bytes, minimum=1024),
+            max_document_bytes=reader.integer(
+                "RELAY_MAX_DOCUMENT_BYTES", cls.max_document_bytes, minimum=1
+            ),
+            shutdown_grace=reader.number("RELAY_SHUTDOWN_GRACE", cls.shutdown_grace, minimum=0),
+            extra=dict(env),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse combinations that would start a service nobody can use safely."""
+        if not self.dev_mode and self.jwt_secret is None and self.supabase_url is None:
+            raise ConfigError(
+                "no Supabase settings: set SUPABASE_URL (ES256/RS256 via JWKS) and/or "
+                "SUPABASE_JWT_SECRET (HS256), or RELAY_DEV_MODE=true to try relay with local tokens"
+            )
+        if not self.dev_mode and self.jwt_secret == DEV_JWT_SECRET:
+            raise ConfigError(
+                "SUPABASE_JWT_SECRET is the public development secret; set your project's JWT secret "
+                "or RELAY_DEV_MODE=true"
+            )
+        if (
+            not self.dev_mode
+            and self.jwt_secret is not None
+            and len(self.jwt_secret.encode()) < MIN_HS256_SECRET_BYTES
+        ):
+            raise ConfigError(
+                f"SUPABASE_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes, "
+                f"got {len(self.jwt_secret.encode())}"
+            )
+        if self.is_embedded and self.workers > 1:
+            raise ConfigError(
+                f"RELAY_WORKERS={self.workers} needs REDIS_URL: the embedded store lives in one process"
+            )
+        if self.max_document_bytes >= self.max_frame_bytes:
+            raise ConfigError(
+                f"RELAY_MAX_DOCUMENT_BYTES ({self.max_document_bytes}) must be smaller than "
+                f"RELAY_MAX_FRAME_BYTES ({self.max_frame_bytes}): an editor_update carries the document"
+            )
+        if self.create_requires_interviewer and self.interviewer_claim is None:
+            raise ConfigError(
+                "RELAY_CREATE_REQUIRES_INTERVIEWER=true needs RELAY_INTERVIEWER_CLAIM "
+                "(e.g. app_metadata.role=interviewer)"
+            )
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a dotenv file, parsed by Starlette's reader (`#` comments, quoted values)."""
+    if not path.is_file():
+        raise ConfigError(f"env file {str(path)!r} does not exist")
+    return dict(starlette.config.Config(env_file=path, environ={}).file_values)
+
+
+class _Reader:
+    """Typed access to raw strings, each failure naming the setting and the value that arrived."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._env.get(name)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+    def integer(
+        self,
+        name: str,
+        default: int,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        alias: str | None = None,
+    ) -> int:
+        value = self._env.get(name)
+        if (value is None or not value.strip()) and alias is not None:
+            name, value = alias, self._env.get(alias)
+        if value is None or not value.strip():
+            return default
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(f"{name} must be {bounds}, got {number}")
+        return number
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        value = self._env.get(name)
+        if value is None or not value.strip():
+            return default
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+        if math.isnan(number) or number < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+        return number
+
+    def choice(self, name: str, default: str, choices: set[str]) -> str:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.lower() not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(sorted(choices))}, got {value!r}")
+        return value.lower()
+
+    def url(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(
+                f"{name} must be an http(s) URL like https://<ref>.supabase.co, got {value!r}"
+            )
+        return value.rstrip("/")
+
+    def redis_url(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            # Only the scheme is echoed: the rest of the URL may hold a password.
+            scheme = urlsplit(value).scheme or "schemeless"
+            raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL, got a {scheme!r} URL")
+        return value
+
+    def origins(self, name: str) -> tuple[str, ...]:
+        value = self.text(name)
+        if value is None:
+            return ()
+        origins = []
+        for item in value.split(","):
+            origin = item.strip().rstrip("/")
+            if not origin:
+                continue
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in {"http", "https"} or not parts.netloc or parts.path):
+                raise ConfigError(
+                    f"{name} must be a comma-separated list of origins like https://app.example.com, "
+                    f"got {origin!r}"
+                )
+            origins.append(origin)
+        return tuple(origins)

@@ -1,0 +1,169 @@
+"""This replica's rooms: which local connections are in which room, and fan-out to them.
+
+The hub drives the bus: it subscribes a room's channel when the room's first local connection arrives
+and unsubscribes when the last one leaves, and it consumes `Bus.events()` in one task, putting each
+message into every local connection's bounded queue. Each message's frame is decoded once and the same
+string goes to every socket. A connection whose queue is full is a slow consumer: it is dropped, the
+room goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from relay.auth import Identity
+from relay.bus import Bus, Disconnected, Message, Reconnected
+from relay.errors import RelayError, SlowConsumer
+from relay.protocol import Envelope, encode
+from relay.rooms import RoomKeys, code_of_channel
+
+logger = logging.getLogger("relay.hub")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One item of a connection's send queue.
+
+    seq > 0 marks a durable event: the writer delivers those in sequence order exactly once, fetching
+    any it missed from history. origin / msg_id let the writer turn the sender's own event into an ack.
+    `text` None with seq > 0 is an ack known before the event came back through Redis.
+    """
+
+    seq: int
+    text: str | None
+    origin: str = ""
+    msg_id: str | None = None
+    closes_room: bool = False
+    resync: bool = False  # "check history for anything missed" after Redis came back
+
+
+RESYNC = Delivery(seq=0, text=None, resync=True)
+
+
+@dataclass(eq=False)
+class Connection:
+    """One WebSocket of one user in one room, on this replica."""
+
+    room_code: str
+    identity: Identity
+    role: str
+    queue_size: int
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    # The highest sequence number this socket has been sent (or acked); None until the room state is sent.
+    last_seq: int = 0
+    closing: RelayError | None = None
+    queue: asyncio.Queue[Delivery] = field(init=False)
+    kicked: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.queue_size)
+
+    def offer(self, delivery: Delivery) -> None:
+        """Queue without waiting; a full queue means the client stopped reading, so it is dropped."""
+        if self.closing is not None:
+            return
+        try:
+            self.queue.put_nowait(delivery)
+        except asyncio.QueueFull:
+            logger.warning("slow consumer dropped: connection %s in room %s", self.id, self.room_code)
+            self.kick(SlowConsumer(f"you fell {self.queue_size} frames behind; reconnect to resume"))
+
+    def kick(self, reason: RelayError) -> None:
+        if self.closing is None:
+            self.closing = reason
+        self.kicked.set()
+
+
+class Hub:
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._rooms: defaultdict[str, set[Connection]] = defaultdict(set)
+        self._subscription_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(connections) for connections in self._rooms.values())
+
+    @property
+    def room_codes(self) -> list[str]:
+        return list(self._rooms)
+
+    def connections(self, code: str | None = None) -> list[Connection]:
+        if code is not None:
+            return list(self._rooms.get(code, ()))
+        return [c for connections in self._rooms.values() for c in connections]
+
+    async def add(self, connection: Connection) -> None:
+        """Register a connection; returns once its room's channel is subscribed on this replica."""
+        code = connection.room_code
+        async with self._subscription_locks[code]:
+            first = not self._rooms.get(code)
+            self._rooms[code].add(connection)
+            if first:
+                try:
+                    await self._bus.subscribe(RoomKeys.of(code).channel)
+                except BaseException:
+                    self._rooms[code].discard(connection)
+                    if not self._rooms[code]:
+                        del self._rooms[code]
+                    raise
+
+    async def remove(self, connection: Connection) -> None:
+        code = connection.room_code
+        async with self._subscription_locks[code]:
+            connections = self._rooms.get(code)
+            if connections is None or connection not in connections:
+                return
+            connections.discard(connection)
+            if not connections:
+                del self._rooms[code]
+                await self._bus.unsubscribe(RoomKeys.of(code).channel)
+        if not self._subscription_locks[code].locked() and code not in self._rooms:
+            self._subscription_locks.pop(code, None)
+
+    async def run(self) -> None:
+        """Consume the bus until cancelled: deliver messages, tell clients about Redis outages."""
+        async for event in self._bus.events():
+            if isinstance(event, Message):
+                self._deliver(event)
+            elif isinstance(event, Disconnected):
+                self._broadcast_all(
+                    encode({"type": "redis_status", "available": False,
+                            "message": "relay lost its connection to Redis; edits wait until it is back"})
+                )
+            elif isinstance(event, Reconnected):
+                self._broadcast_all(encode({"type": "redis_status", "available": True}))
+                for connection in self.connections():
+                    connection.offer(RESYNC)
+
+    def _deliver(self, message: Message) -> None:
+        code = code_of_channel(message.channel)
+        connections = self._rooms.get(code)
+        if not connections:
+            return
+        try:
+            envelope = Envelope.unpack(message.data)
+        except ValueError as exc:
+            logger.error("dropping a malformed message on %r: %s", message.channel, exc)
+            return
+        delivery = Delivery(
+            seq=envelope.seq,
+            text=envelope.frame.decode(),
+            origin=envelope.origin,
+            msg_id=envelope.msg_id,
+            closes_room=envelope.closes_room,
+        )
+        for connection in tuple(connections):
+            # The sender's own socket gets an ack for a durable event, nothing for a volatile one.
+            if delivery.seq == 0 and connection.id == delivery.origin:
+                continue
+            connection.offer(delivery)
+
+    def _broadcast_all(self, frame: bytes) -> None:
+        delivery = Delivery(seq=0, text=frame.decode())
+        for connection in self.connections():
+            connection.offer(delivery)

@@ -1,0 +1,26 @@
+"""What the endpoints share within one worker process, built by app.py's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.auth import Authenticator
+from relay.bus import Bus
+from relay.config import Settings
+from relay.hub import Hub
+from relay.rooms import Rooms
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    auth: Authenticator
+    rooms: Rooms
+    bus: Bus
+    hub: Hub
+    replica_id: str
+    is_draining: bool = False
+
+    @property
+    def is_ready(self) -> bool:
+        return self.bus.has_redis and not self.is_draining

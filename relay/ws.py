@@ -1,0 +1,295 @@
+"""The WebSocket endpoint `/ws/{room_code}`: handshake checks, then a reader and a writer per socket.
+
+Handshake: the Origin is checked first (a refused origin gets HTTP 403 before any upgrade); then the
+socket is accepted and every other refusal is a close with relay's code and a reason, which browsers
+can read (they cannot read the HTTP status of a failed upgrade). The token comes from
+`Authorization: Bearer` (non-browser clients) or the `token` query parameter (browsers, which cannot
+set headers on a WebSocket); relay's log configuration strips it from every log line.
+
+After the handshake the reader parses client frames and writes through the store; only the writer
+sends, draining the connection's bounded queue in order. Durable events are delivered in sequence
+order exactly once: the writer drops what it already sent and fetches from history what it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from relay.errors import BadRequest, InternalError, RelayError, RoomClosed, TooLarge, Unavailable
+from relay.hub import Connection, Delivery
+from relay.origins import origin_allowed
+from relay.protocol import (
+    PONG_FRAME,
+    CursorUpdate,
+    EditorUpdate,
+    Envelope,
+    Ping,
+    ack_frame,
+    encode,
+    error_frame,
+    parse_client_frame,
+)
+from relay.rooms import Snapshot, normalize_code
+from relay.services import Services
+
+logger = logging.getLogger("relay.ws")
+
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 for the code
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    services: Services = websocket.app.state.services
+    settings = services.settings
+    if not origin_allowed(settings, websocket.headers.get("origin"), websocket.headers.get("host")):
+        logger.warning("websocket refused: origin %r not allowed", websocket.headers.get("origin"))
+        await websocket.send_denial_response(
+            JSONResponse(
+                {"status": "error", "code": "origin_not_allowed",
+                 "message": "this Origin may not open relay WebSockets (see RELAY_ALLOWED_ORIGINS)"},
+                status_code=403,
+            )
+        )
+        return
+    await websocket.accept()
+    try:
+        connection, snapshot = await _open(websocket, services)
+    except RelayError as error:
+        await _close(websocket, error)
+        return
+    try:
+        await _send_initial_state(websocket, connection, snapshot)
+        await _serve(websocket, services, connection)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await services.hub.remove(connection)
+        with contextlib.suppress(RelayError):
+            await services.rooms.presence_remove(
+                connection.room_code, connection.identity.user_id, connection.id
+            )
+    if connection.closing is not None:
+        await _close(websocket, connection.closing)
+
+
+async def _open(websocket: WebSocket, services: Services) -> tuple[Connection, Snapshot]:
+    """Every check of the handshake, then registration; raises the refusal to close with."""
+    if services.is_draining:
+        raise Unavailable("this replica is shutting down; reconnect to another")
+    code = normalize_code(websocket.path_params.get("room_code", ""))
+    last_seq = _last_seq(websocket.query_params.get("last_seq"))
+    identity = await services.auth.authenticate(_token(websocket))
+    member = await services.rooms.member(code, identity.user_id)
+    connection = Connection(code, identity, member.role, services.settings.send_queue_frames)
+    # Subscribe before reading the snapshot so no event falls between the two; the writer drops
+    # what the snapshot already covers.
+    await services.hub.add(connection)
+    try:
+        await services.rooms.presence_add(code, identity, member.role, connection.id)
+        snapshot = await services.rooms.snapshot(code, last_seq)
+    except BaseException:
+        await services.hub.remove(connection)
+        raise
+    if snapshot.info.status != "open":
+        await services.hub.remove(connection)
+        raise RoomClosed(f"room {code} has been closed by its interviewer")
+    logger.info("connected: connection %s user %s room %s", connection.id, identity.user_id, code)
+    return connection, snapshot
+
+
+def _token(websocket: WebSocket) -> str | None:
+    authorization = websocket.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+    return websocket.query_params.get("token") or websocket.query_params.get("access_token")
+
+
+def _last_seq(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        raise BadRequest("last_seq must be the non-negative integer 'seq' of the last event you received")
+    return int(raw)
+
+
+async def _send_initial_state(websocket: WebSocket, connection: Connection, snapshot: Snapshot) -> None:
+    info = snapshot.info
+    state: dict[str, Any] = {
+        "type": "room_state",
+        "room_code": info.code,
+        "seq": info.seq,
+        "members": [m.as_dict(connected=m.user_id in info.connected) for m in info.members],
+        "cursors": snapshot.cursors,
+        "you": {"user_id": connection.identity.user_id, "user_name": connection.identity.user_name,
+                "role": connection.role, "connection_id": connection.id},
+    }
+    missed = snapshot.missed
+    if isinstance(missed, list):
+        state.update(resumed=True, replayed=len(missed))
+        await websocket.send_text(encode(state).decode())
+        connection.last_seq = info.seq - len(missed)
+        for envelope in missed:
+            await _send_durable(websocket, connection, _delivery(envelope))
+        return
+    if missed == "ahead":
+        await websocket.send_text(
+            error_frame(
+                "resume_invalid",
+                f"last_seq is ahead of room {info.code} (its seq is {info.seq}): your copy is not from "
+                "this room's history; replace it with the content below",
+            ).decode()
+        )
+    state.update(resumed=False, content=snapshot.content)
+    if missed == "gone":
+        state["reason"] = "history_expired"
+    elif missed == "ahead":
+        state["reason"] = "resume_invalid"
+    await websocket.send_text(encode(state).decode())
+    connection.last_seq = info.seq
+
+
+async def _serve(websocket: WebSocket, services: Services, connection: Connection) -> None:
+    """Run reader and writer until either ends or the connection is kicked."""
+    reader = asyncio.create_task(_read(websocket, services, connection), name=f"ws-read-{connection.id}")
+    writer = asyncio.create_task(_write(websocket, services, connection), name=f"ws-write-{connection.id}")
+    kicked: asyncio.Task[Any] = asyncio.create_task(connection.kicked.wait(), name=f"ws-kick-{connection.id}")
+    try:
+        done, _ = await asyncio.wait({reader, writer, kicked}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (reader, writer, kicked):
+            task.cancel()
+        await asyncio.gather(reader, writer, kicked, return_exceptions=True)
+    for task in done:
+        if task is not kicked and not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            if not isinstance(error, WebSocketDisconnect | OSError | RuntimeError):
+                logger.error("connection %s failed", connection.id, exc_info=error)
+                connection.kick(InternalError("internal error; reconnect to resume"))
+
+
+async def _read(websocket: WebSocket, services: Services, connection: Connection) -> None:
+    settings = services.settings
+    rooms = services.rooms
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            connection.offer(_error("bad_frame", "binary frames are not supported: send JSON text frames"))
+            continue
+        if len(text) > settings.max_frame_bytes:
+            connection.kick(TooLarge(f"frame exceeds {settings.max_frame_bytes} bytes"))
+            return
+        try:
+            frame = parse_client_frame(text, max_document_bytes=settings.max_document_bytes)
+        except RelayError as error:
+            connection.offer(_error(error.code, error.message))
+            continue
+        if isinstance(frame, EditorUpdate):
+            try:
+                seq = await rooms.append_edit(connection.room_code, connection.identity, frame, connection.id)
+            except Unavailable as error:
+                connection.offer(_error(error.code, error.message, frame.client_msg_id))
+                continue
+            except RelayError as error:
+                connection.kick(error)
+                return
+            connection.offer(Delivery(seq=seq, text=None, origin=connection.id, msg_id=frame.client_msg_id))
+        elif isinstance(frame, CursorUpdate):
+            try:
+                await rooms.publish_cursor(
+                    connection.room_code, connection.identity, frame.cursor_position, connection.id
+                )
+            except Unavailable as error:
+                connection.offer(_error(error.code, error.message))
+        elif isinstance(frame, Ping):
+            connection.offer(Delivery(seq=0, text=PONG_FRAME.decode()))
+
+
+async def _write(websocket: WebSocket, services: Services, connection: Connection) -> None:
+    while True:
+        delivery = await connection.queue.get()
+        if delivery.resync:
+            await _catch_up(websocket, services, connection)
+            continue
+        if delivery.seq:
+            if delivery.seq <= connection.last_seq:
+                continue  # already sent: a duplicate from history or a late copy of our own ack
+            if delivery.seq > connection.last_seq + 1:
+                await _catch_up(websocket, services, connection)
+                if delivery.seq <= connection.last_seq:
+                    continue
+            await _send_durable(websocket, connection, delivery)
+        elif delivery.text is not None:
+            await websocket.send_text(delivery.text)
+
+
+async def _send_durable(websocket: WebSocket, connection: Connection, delivery: Delivery) -> None:
+    if delivery.origin == connection.id or delivery.text is None:
+        await websocket.send_text(ack_frame(delivery.seq, delivery.msg_id).decode())
+    else:
+        await websocket.send_text(delivery.text)
+    connection.last_seq = delivery.seq
+    if delivery.closes_room:
+        connection.kick(RoomClosed(f"room {connection.room_code} has been closed by its interviewer"))
+
+
+async def _catch_up(websocket: WebSocket, services: Services, connection: Connection) -> None:
+    """Send the durable events this socket missed (pub/sub lost them), from the room's history."""
+    try:
+        missed = await services.rooms.events_after(connection.room_code, connection.last_seq)
+    except Unavailable:
+        # Cannot repair the gap now; the client resumes from its last seq on another connection.
+        connection.kick(Unavailable("lost events could not be fetched; reconnect with last_seq to resume"))
+        return
+    if isinstance(missed, str):
+        snapshot = await services.rooms.snapshot(connection.room_code, None)
+        state = {
+            "type": "room_state", "room_code": connection.room_code, "seq": snapshot.info.seq,
+            "resumed": False, "reason": "history_expired", "content": snapshot.content,
+            "members": [
+                m.as_dict(connected=m.user_id in snapshot.info.connected) for m in snapshot.info.members
+            ],
+            "cursors": snapshot.cursors,
+        }
+        await websocket.send_text(encode(state).decode())
+        connection.last_seq = snapshot.info.seq
+        return
+    for envelope in missed:
+        await _send_durable(websocket, connection, _delivery(envelope))
+        if connection.closing is not None:
+            return
+
+
+def _delivery(envelope: Envelope) -> Delivery:
+    return Delivery(
+        seq=envelope.seq,
+        text=envelope.frame.decode(),
+        origin=envelope.origin,
+        msg_id=envelope.msg_id,
+        closes_room=envelope.closes_room,
+    )
+
+
+def _error(code: str, message: str, client_msg_id: str | None = None) -> Delivery:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if client_msg_id is not None:
+        frame["client_msg_id"] = client_msg_id
+    return Delivery(seq=0, text=encode(frame).decode())
+
+
+async def _close(websocket: WebSocket, error: RelayError) -> None:
+    reason = error.message.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+    if websocket.application_state == WebSocketState.DISCONNECTED:
+        return
+    with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+        if error.close_code >= 4000 or error.close_code in (1008, 1009, 1011, 1012, 1013):
+            await websocket.send_text(error_frame(error.code, error.message).decode())
+        await websocket.close(code=error.close_code, reason=reason)

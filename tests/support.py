@@ -1,0 +1,263 @@
+"""Real parts for tests: a redis-server and relay replicas as processes on free ports, and clients.
+
+Every server is started here on a free port and stopped by its pid; nothing touches a Redis the test
+did not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from relay.auth import mint_dev_token
+from relay.config import DEV_JWT_SECRET
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RedisServer:
+    """A redis-server of our own, on a free port, in a temporary directory."""
+
+    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server); see README")
+        self.binary = binary
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.dir = tempfile.mkdtemp(prefix="relay-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always", "--daemonize", "no", "--logfile", os.path.join(self.dir, "log"),
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, START_TIMEOUT, f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.dir}/log")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Replica:
+    """`relay serve` as a real process (uvicorn), on a free port."""
+
+    def __init__(self, env: dict[str, str], *, port: int | None = None, name: str = "replica") -> None:
+        self.port = port or free_port()
+        self.name = name
+        self.env = {
+            **os.environ,
+            "RELAY_DEV_MODE": "true",
+            "RELAY_LOG_FORMAT": "json",
+            "RELAY_LOG_LEVEL": "info",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.env.pop("CI", None)
+        self.log_path = Path(tempfile.mkstemp(prefix=f"relay-{name}-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> Replica:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "relay.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir(),
+        )
+        wait_for(self._healthy, START_TIMEOUT, f"{self.name} on port {self.port}")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(f"{self.http}/api/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        code = self.process.returncode
+        self.process = None
+        return code
+
+
+def token(user: str, *, name: str | None = None, secret: str = DEV_JWT_SECRET, **claims: Any) -> str:
+    return mint_dev_token(secret, user, name=name, extra_claims=claims or None)
+
+
+def auth(user_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {user_token}"}
+
+
+class Client:
+    """A WebSocket client that keeps every frame it received, for assertions."""
+
+    def __init__(self, base_ws: str, code: str, user_token: str, *, last_seq: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        query = f"?token={user_token}" + (f"&last_seq={last_seq}" if last_seq is not None else "")
+        self.conn: ClientConnection = connect(
+            f"{base_ws}/ws/{code}{query}", additional_headers=headers, open_timeout=10, max_size=2**22,
+            legacy=True,
+        )
+        self.frames: list[dict[str, Any]] = []
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.conn.send(json.dumps(frame))
+
+    def recv(self, timeout: float = 5) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(self.conn.recv(timeout=timeout))
+        self.frames.append(frame)
+        return frame
+
+    def recv_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no matching frame within {timeout}s; got {self.frames[-5:]}")
+            frame = self.recv(timeout=remaining)
+            if predicate(frame):
+                return frame
+
+    def recv_type(self, kind: str, timeout: float = 10) -> dict[str, Any]:
+        return self.recv_until(lambda f: f.get("type") == kind, timeout)
+
+    def drain(self, quiet: float = 0.3) -> list[dict[str, Any]]:
+        """Every frame that arrives until the socket is quiet for `quiet` seconds."""
+        got = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                got.append(self.recv(timeout=quiet))
+        return got
+
+    def wait_closed(self, timeout: float = 10) -> tuple[int | None, str | None]:
+        """Read until the server closes; returns (close code, reason)."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(ConnectionClosed):
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    self.recv(timeout=max(0.01, deadline - time.monotonic()))
+            raise TimeoutError("socket still open")
+        return self.conn.close_code, self.conn.close_reason
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_refused(base_ws: str, code: str, query: str = "", headers: dict[str, str] | None = None,
+                 ) -> tuple[int | None, str | None]:
+    """Open a socket that the server is expected to close at once; returns (close code, reason)."""
+    conn = connect(f"{base_ws}/ws/{code}{query}", additional_headers=headers, open_timeout=10, legacy=True)
+    try:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                conn.recv(timeout=10)
+        return conn.close_code, conn.close_reason
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def replicas(count: int, env: dict[str, str]) -> Iterator[list[Replica]]:
+    started: list[Replica] = []
+    try:
+        for index in range(count):
+            started.append(Replica(env, name=f"r{index}").start())
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def create_room(base_http: str, user_token: str) -> str:
+    response = httpx.post(f"{base_http}/api/create-room", headers=auth(user_token), json={}, timeout=10)
+    response.raise_for_status()
+    return str(response.json()["room_code"])
+
+
+def join_room(base_http: str, user_token: str, code: str) -> dict[str, Any]:
+    response = httpx.post(f"{base_http}/api/join-room", headers=auth(user_token), json={"room_code": code},
+                          timeout=10)
+    response.raise_for_status()
+    data: dict[str, Any] = response.json()
+    return data
