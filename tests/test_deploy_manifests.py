@@ -12,24 +12,22 @@ import json
 import os
 import re
 import shlex
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from packaging.requirements import Requirement
 from starlette.routing import Match
-from starlette.testclient import TestClient
 
 from relay.app import create_app
 from relay.config import ConfigError, Settings
+from tests.support import RedisServer, Replica
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -130,12 +128,18 @@ def test_every_probe_path_is_a_get_route_of_relay(app: Any) -> None:
     assert not missing, f"probes on paths relay does not route: {missing}"
 
 
-def test_probes_answer_200_on_a_healthy_relay(app: Any) -> None:
-    """A healthy single-process relay answers every probe path with 200, so probes pass when they should."""
-    with TestClient(app) as client:
-        for name, probe in probes(relay_container()).items():
-            response = client.get(probe["httpGet"]["path"])
-            assert response.status_code == 200, f"{name} {probe['httpGet']['path']}: {response.status_code}"
+@pytest.fixture(scope="module")
+def live_replica(redis_server: RedisServer) -> Iterator[Replica]:
+    replica = Replica({"REDIS_URL": redis_server.url}, name="probes").start()
+    yield replica
+    replica.stop()
+
+
+def test_probes_answer_200_on_a_healthy_relay(live_replica: Replica) -> None:
+    """A relay process with Redis answers every probe path with 200, so the probes pass when they should."""
+    for name, probe in probes(relay_container()).items():
+        response = httpx.get(f"{live_replica.http}{probe['httpGet']['path']}", timeout=5)
+        assert response.status_code == 200, f"{name} {probe['httpGet']['path']}: {response.status_code}"
 
 
 def test_liveness_does_not_use_the_readiness_path() -> None:
@@ -480,12 +484,6 @@ def healthcheck_argv() -> list[str]:
     return argv
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _run_healthcheck(port: int) -> int:
     argv = [sys.executable, *healthcheck_argv()[1:]]
     env = {**os.environ, "PORT": str(port)}
@@ -494,24 +492,9 @@ def _run_healthcheck(port: int) -> int:
 
 def test_image_healthcheck_passes_on_a_live_relay_and_fails_without_one() -> None:
     """The Dockerfile's HEALTHCHECK command, run as written, tells a serving relay from a stopped one."""
-    port = _free_port()
-    relay = shutil.which("relay", path=str(Path(sys.executable).parent)) or shutil.which("relay")
-    assert relay, "the relay console script is not installed"
-    env = {**os.environ, "RELAY_DEV_MODE": "true"}
-    env.pop("REDIS_URL", None)
-    server = subprocess.Popen(
-        [relay, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    replica = Replica({"REDIS_URL": ""}, name="healthcheck").start()
     try:
-        deadline = time.monotonic() + 20
-        while _run_healthcheck(port) != 0:
-            assert server.poll() is None, f"relay serve exited with {server.returncode}"
-            assert time.monotonic() < deadline, "relay did not pass its health check within 20 s"
-            time.sleep(0.2)
+        assert _run_healthcheck(replica.port) == 0, replica.log()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert _run_healthcheck(port) != 0, "the health check passed with relay stopped"
+        replica.stop()
+    assert _run_healthcheck(replica.port) != 0, "the health check passed with relay stopped"
