@@ -7,8 +7,10 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,6 +29,7 @@ from relay.config import Settings
 from relay.errors import InternalError, RelayError, Unavailable
 from relay.hub import Hub
 from relay.origins import cors_origins
+from relay.protocol import encode
 from relay.rooms import Rooms
 from relay.services import Services
 from relay.ws import websocket_endpoint
@@ -34,6 +37,8 @@ from relay.ws import websocket_endpoint
 logger = logging.getLogger("relay.app")
 
 REDIS_MAX_CONNECTIONS = 64
+# Time between telling clients to reconnect and uvicorn's 1012 close: enough to flush one small frame.
+DRAIN_NOTICE_SECONDS = 0.2
 
 
 def make_redis(settings: Settings) -> aioredis.Redis:
@@ -66,7 +71,7 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis_client = make_redis(settings)
-        bus = Bus(redis_client)
+        bus = Bus(redis_client, link_timeout=settings.redis_link_timeout)
         hub = Hub(bus)
         services = Services(
             settings=settings,
@@ -88,6 +93,7 @@ def create_app(settings: Settings) -> Starlette:
             asyncio.create_task(hub.run(), name="hub"),
             asyncio.create_task(_refresh_presence(services), name="presence"),
         ]
+        _drain_on_sigterm(services)
         logger.info("replica %s started", replica_id)
         try:
             yield
@@ -129,6 +135,33 @@ def create_app(settings: Settings) -> Starlette:
 def create_app_from_env() -> Starlette:
     """uvicorn's factory: every worker process reads the same environment."""
     return create_app(Settings.from_environ())
+
+
+def _drain_on_sigterm(services: Services) -> None:
+    """Put relay's first drain stage in front of uvicorn's SIGTERM handling.
+
+    uvicorn closes every socket with 1012 as soon as it sees SIGTERM and runs the lifespan shutdown only
+    after the handlers returned, so the lifespan is too late to warn anyone. This handler marks the
+    replica not ready, sends every socket a `reconnect` frame, and hands the signal to uvicorn a moment
+    later so those frames are on the wire before the 1012 close.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return  # not under uvicorn's signal capture (tests, embedding): nothing to chain to
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if services.is_draining:
+            previous(signum, frame)
+            return
+        services.is_draining = True
+        logger.info("SIGTERM: draining %d connections", services.hub.connection_count)
+        services.hub.broadcast(
+            encode({"type": "reconnect", "reason": "this replica is shutting down; reconnect with last_seq"})
+        )
+        loop.call_later(DRAIN_NOTICE_SECONDS, previous, signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 async def _refresh_presence(services: Services) -> None:

@@ -5,8 +5,9 @@ markers so the hub can tell clients and repair gaps from history. The bus keeps 
 of the process; redis-py resubscribes its channels when the connection is re-established, and the bus
 retries with capped, jittered backoff for as long as Redis stays away.
 
-A pub/sub connection that the network silently dropped sends nothing and raises nothing, so the bus
-PINGs through it every `ping_interval` seconds and treats a missing PONG as a dead link.
+A pub/sub connection that the network silently dropped sends nothing and raises nothing (and redis-py's
+health_check_interval does not notice), so the bus PINGs through it every third of `link_timeout` and
+declares the link dead when nothing at all came back for `link_timeout` seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+
+from relay.errors import Unavailable
 
 logger = logging.getLogger("relay.bus")
 
@@ -50,9 +53,10 @@ BusEvent = Message | Disconnected | Reconnected
 
 
 class Bus:
-    def __init__(self, redis_client: aioredis.Redis, *, ping_interval: float = 5.0) -> None:
+    def __init__(self, redis_client: aioredis.Redis, *, link_timeout: float = 10.0) -> None:
         self._pubsub = redis_client.pubsub()
-        self._ping_interval = ping_interval
+        self._link_timeout = link_timeout
+        self._ping_interval = link_timeout / 3
         self._waiters: defaultdict[bytes, list[asyncio.Future[None]]] = defaultdict(list)
         self._last_pong = 0.0
         self.has_redis = False
@@ -62,8 +66,13 @@ class Bus:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[channel.encode()].append(future)
         try:
+            if not self.has_redis:
+                raise Unavailable("relay has no connection to Redis right now; retry shortly")
             await self._pubsub.subscribe(channel)
             await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_TIMEOUT)
+        except (*_REDIS_DOWN, TimeoutError):
+            self._pubsub.channels.pop(channel.encode(), None)
+            raise Unavailable("could not subscribe to the room's channel; retry shortly") from None
         finally:
             waiters = self._waiters.get(channel.encode())
             if waiters and future in waiters:
@@ -108,7 +117,7 @@ class Bus:
         next_ping = loop.time() + self._ping_interval
         while True:
             # A bounded wait, so the link is checked even when no room has traffic.
-            message = await self._pubsub.get_message(timeout=min(1.0, self._ping_interval))
+            message = await self._pubsub.get_message(timeout=min(0.5, self._ping_interval))
             now = loop.time()
             if message is not None:
                 self._last_pong = now  # any traffic proves the link is alive
@@ -116,7 +125,7 @@ class Bus:
                 if event is not None:
                     yield event
             if now >= next_ping:
-                if now - self._last_pong > 2 * self._ping_interval:
+                if now - self._last_pong > self._link_timeout:
                     raise redis.exceptions.ConnectionError(
                         f"no reply from Redis on the pub/sub link for {now - self._last_pong:.1f}s"
                     )

@@ -90,6 +90,7 @@ class Settings:
     history_max_events: int = 500
     history_max_age: int = 600
     presence_ttl: int = 30
+    redis_link_timeout: float = 10.0
 
     # Connections and limits
     send_queue_frames: int = 256
@@ -165,6 +166,7 @@ class Settings:
             ),
             history_max_age=reader.integer("RELAY_HISTORY_MAX_AGE", cls.history_max_age, minimum=1),
             presence_ttl=reader.integer("RELAY_PRESENCE_TTL", cls.presence_ttl, minimum=3),
+            redis_link_timeout=reader.number("RELAY_REDIS_LINK_TIMEOUT", cls.redis_link_timeout, minimum=1),
             send_queue_frames=reader.integer("RELAY_SEND_QUEUE", cls.send_queue_frames, minimum=1),
             max_frame_bytes=reader.integer("RELAY_MAX_FRAME_BYTES", cls.max_frame_bytes, minimum=1024),
             max_document_bytes=reader.integer(

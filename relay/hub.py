@@ -131,12 +131,12 @@ class Hub:
             if isinstance(event, Message):
                 self._deliver(event)
             elif isinstance(event, Disconnected):
-                self._broadcast_all(
+                self.broadcast(
                     encode({"type": "redis_status", "available": False,
                             "message": "relay lost its connection to Redis; edits wait until it is back"})
                 )
             elif isinstance(event, Reconnected):
-                self._broadcast_all(encode({"type": "redis_status", "available": True}))
+                self.broadcast(encode({"type": "redis_status", "available": True}))
                 for connection in self.connections():
                     connection.offer(RESYNC)
 
@@ -163,7 +163,8 @@ class Hub:
                 continue
             connection.offer(delivery)
 
-    def _broadcast_all(self, frame: bytes) -> None:
+    def broadcast(self, frame: bytes) -> None:
+        """One volatile frame to every local connection (replica-wide notices)."""
         delivery = Delivery(seq=0, text=frame.decode())
         for connection in self.connections():
             connection.offer(delivery)

@@ -149,10 +149,13 @@ def error_frame(code: str, message: str) -> bytes:
     return encode({"type": "error", "code": code, "message": message})
 
 
-def ack_frame(seq: int, client_msg_id: str | None) -> bytes:
+def ack_frame(seq: int, client_msg_id: str | None, *, duplicate: bool = False) -> bytes:
     if client_msg_id is None:
         return b'{"type":"ack","seq":%d}' % seq
-    return encode({"type": "ack", "seq": seq, "client_msg_id": client_msg_id})
+    frame: dict[str, Any] = {"type": "ack", "seq": seq, "client_msg_id": client_msg_id}
+    if duplicate:
+        frame["duplicate"] = True
+    return encode(frame)
 
 
 PONG_FRAME: Final = b'{"type":"pong"}'

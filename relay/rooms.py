@@ -7,6 +7,7 @@ Every key of a room carries the code in a hash tag, so one room lives in one Red
     relay:{CODE}:cursors    hash    user_id -> latest cursor_position (JSON)
     relay:{CODE}:presence   zset    "user_id<TAB>connection_id" scored by expiry (ms since epoch)
     relay:{CODE}:events     stream  recent durable events: seq, origin, msg, frame
+    relay:{CODE}:acks       hash    user_id -> "<client_msg_id> <seq>" of the user's last accepted edit
     relay:{CODE}:pubsub     channel envelopes (see protocol.py) for every replica with sockets in the room
 
 Each change is one Lua script: it checks the room, writes, appends to the stream, PUBLISHes and
@@ -76,6 +77,7 @@ class RoomKeys:
     cursors: str
     presence: str
     events: str
+    acks: str
     channel: str
 
     @classmethod
@@ -87,13 +89,14 @@ class RoomKeys:
             cursors=f"{prefix}:cursors",
             presence=f"{prefix}:presence",
             events=f"{prefix}:events",
+            acks=f"{prefix}:acks",
             channel=f"{prefix}:pubsub",
         )
 
     @property
     def all(self) -> list[str]:
-        """The keys every script receives, in the order the Lua below names them (KEYS[1..5])."""
-        return [self.room, self.members, self.cursors, self.presence, self.events]
+        """The keys every script receives, in the order the Lua below names them (KEYS[1..6])."""
+        return [self.room, self.members, self.cursors, self.presence, self.events, self.acks]
 
 
 def code_of_channel(channel: bytes | str) -> str:
@@ -167,7 +170,8 @@ class Snapshot:
 
 
 # --- Lua ----------------------------------------------------------------------------------------
-# KEYS[1] room, KEYS[2] members, KEYS[3] cursors, KEYS[4] presence, KEYS[5] events (RoomKeys.all).
+# KEYS[1] room, KEYS[2] members, KEYS[3] cursors, KEYS[4] presence, KEYS[5] events, KEYS[6] acks
+# (RoomKeys.all).
 
 _LUA_PRELUDE = r"""
 local function touch(ttl)
@@ -250,14 +254,23 @@ return {'ok', member}
 """
 
 _EDIT = r"""
--- ARGV: user_id, content, cursor_json|'', frame_tail, origin, msg_id, now_ms, ttl, maxlen, minid, channel
+-- ARGV: user_id, content, cursor_json|'', frame_tail, origin, msg_id|'', now_ms, ttl, maxlen, minid, channel
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status ~= 'open' then return {'closed'} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
+-- A client that did not see its ack resends with the same client_msg_id: answer, don't apply twice.
+if ARGV[6] ~= '' then
+  local last = redis.call('HGET', KEYS[6], ARGV[1])
+  if last then
+    local msg, seq = string.match(last, '^(.*) (%d+)$')
+    if msg == ARGV[6] then return {'duplicate', tonumber(seq)} end
+  end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'content', ARGV[2], 'updated_at', ARGV[7])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[3]) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[6] .. ' ' .. seq) end
 local frame = '{"seq":' .. seq .. ',' .. ARGV[4]
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
   'seq', seq, 'origin', ARGV[5], 'msg', ARGV[6], 'frame', frame)
@@ -309,7 +322,7 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local frame = '{"seq":' .. seq .. ',' .. ARGV[2]
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'seq', seq, 'origin', '-', 'msg', '', 'frame', frame)
 redis.call('PUBLISH', ARGV[3], 'c|-|' .. seq .. '||' .. frame)
-redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[6])
 touch(ARGV[4])
 return {'ok', seq}
 """
@@ -460,8 +473,10 @@ class Rooms:
     # --- events ----------------------------------------------------------------------------------
 
     @_redis_errors_are_unavailable
-    async def append_edit(self, code: str, identity: Identity, edit: EditorUpdate, origin: str) -> int:
-        """Sequence, store and publish one editor_update; returns its sequence number."""
+    async def append_edit(
+        self, code: str, identity: Identity, edit: EditorUpdate, origin: str
+    ) -> tuple[int, bool]:
+        """Sequence, store and publish one editor_update: (its seq, whether it was a resent duplicate)."""
         now = now_ms()
         tail = frame_tail(
             {
@@ -471,6 +486,8 @@ class Rooms:
                 "content": edit.content,
                 "cursor_position": edit.cursor_position,
                 "ts": now,
+                # Lets a client that resumes recognise its own accepted edits among the replayed ones.
+                **({"client_msg_id": edit.client_msg_id} if edit.client_msg_id is not None else {}),
             }
         )
         keys = RoomKeys.of(code)
@@ -483,8 +500,9 @@ class Rooms:
                 now - self._settings.history_max_age * 1000, keys.channel,
             ],
         )
-        self._raise_for(_text(result[0]), code)
-        return int(result[1])
+        outcome = _text(result[0])
+        self._raise_for(outcome, code)
+        return int(result[1]), outcome == "duplicate"
 
     @_redis_errors_are_unavailable
     async def publish_cursor(self, code: str, identity: Identity, cursor_position: Any, origin: str) -> None:

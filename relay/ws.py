@@ -118,9 +118,9 @@ def _last_seq(raw: str | None) -> int | None:
     return int(raw)
 
 
-async def _send_initial_state(websocket: WebSocket, connection: Connection, snapshot: Snapshot) -> None:
+def _room_state(connection: Connection, snapshot: Snapshot) -> dict[str, Any]:
     info = snapshot.info
-    state: dict[str, Any] = {
+    return {
         "type": "room_state",
         "room_code": info.code,
         "seq": info.seq,
@@ -129,6 +129,11 @@ async def _send_initial_state(websocket: WebSocket, connection: Connection, snap
         "you": {"user_id": connection.identity.user_id, "user_name": connection.identity.user_name,
                 "role": connection.role, "connection_id": connection.id},
     }
+
+
+async def _send_initial_state(websocket: WebSocket, connection: Connection, snapshot: Snapshot) -> None:
+    info = snapshot.info
+    state = _room_state(connection, snapshot)
     missed = snapshot.missed
     if isinstance(missed, list):
         state.update(resumed=True, replayed=len(missed))
@@ -194,14 +199,23 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
             continue
         if isinstance(frame, EditorUpdate):
             try:
-                seq = await rooms.append_edit(connection.room_code, connection.identity, frame, connection.id)
+                seq, duplicate = await rooms.append_edit(
+                    connection.room_code, connection.identity, frame, connection.id
+                )
             except Unavailable as error:
                 connection.offer(_error(error.code, error.message, frame.client_msg_id))
                 continue
             except RelayError as error:
                 connection.kick(error)
                 return
-            connection.offer(Delivery(seq=seq, text=None, origin=connection.id, msg_id=frame.client_msg_id))
+            if duplicate and seq <= connection.last_seq:
+                # Accepted earlier (its ack was lost with an old socket): confirm it again, out of band.
+                ack = ack_frame(seq, frame.client_msg_id, duplicate=True).decode()
+                connection.offer(Delivery(seq=0, text=ack))
+            else:
+                connection.offer(
+                    Delivery(seq=seq, text=None, origin=connection.id, msg_id=frame.client_msg_id)
+                )
         elif isinstance(frame, CursorUpdate):
             try:
                 await rooms.publish_cursor(
@@ -243,22 +257,22 @@ async def _send_durable(websocket: WebSocket, connection: Connection, delivery: 
 
 async def _catch_up(websocket: WebSocket, services: Services, connection: Connection) -> None:
     """Send the durable events this socket missed (pub/sub lost them), from the room's history."""
+    snapshot: Snapshot | None = None
     try:
         missed = await services.rooms.events_after(connection.room_code, connection.last_seq)
+        if isinstance(missed, str):
+            snapshot = await services.rooms.snapshot(connection.room_code, None)
     except Unavailable:
         # Cannot repair the gap now; the client resumes from its last seq on another connection.
         connection.kick(Unavailable("lost events could not be fetched; reconnect with last_seq to resume"))
         return
+    except RelayError as error:  # the room is gone or closed meanwhile
+        connection.kick(error)
+        return
     if isinstance(missed, str):
-        snapshot = await services.rooms.snapshot(connection.room_code, None)
-        state = {
-            "type": "room_state", "room_code": connection.room_code, "seq": snapshot.info.seq,
-            "resumed": False, "reason": "history_expired", "content": snapshot.content,
-            "members": [
-                m.as_dict(connected=m.user_id in snapshot.info.connected) for m in snapshot.info.members
-            ],
-            "cursors": snapshot.cursors,
-        }
+        assert snapshot is not None
+        state = _room_state(connection, snapshot)
+        state.update(resumed=False, reason="history_expired", content=snapshot.content)
         await websocket.send_text(encode(state).decode())
         connection.last_seq = snapshot.info.seq
         return
