@@ -274,11 +274,13 @@ def test_editing_through_nginx_survives_sigterm_and_sigkill_of_replicas(cluster:
     bob.edit("a1 b1")
     alice.expect("a1 b1")
 
-    # SIGTERM alice's replica: relay closes her socket with 1012 (service restart), through nginx.
+    # SIGTERM alice's replica: relay tells her to reconnect, then closes with 1012 (service restart);
+    # both must come through nginx.
     stopping = next(r for r in cluster.replicas if r.name == alice.home)
     assert stopping.process is not None
     stopping.process.send_signal(signal.SIGTERM)
     assert alice.dropped() == 1012
+    assert any(f.get("type") == "reconnect" for f in alice.client.frames), alice.client.frames[-3:]
     bob.edit("a1 b1 b2")  # while alice is away
     alice.reconnect()  # nginx skips the stopped replica
     assert alice.home != stopping.name
