@@ -8,6 +8,7 @@ Run by `.ci/deploy-checks`, which sets RELAY_DEPLOY_CHECKS=1 so that nothing her
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import os
 import re
@@ -268,6 +269,52 @@ def test_both_build_stages_use_the_same_pinned_base() -> None:
     bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
     assert len(bases) == 2 and bases[0] == bases[1], bases
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", bases[0]), f"not a pinned 3.11 slim tag: {bases[0]}"
+
+
+def _dockerignore_excludes(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent directories decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        glob = pattern.lstrip("!").rstrip("/").replace("**/", "*")
+        if any(fnmatch.fnmatchcase(candidate, glob) for candidate in candidates):
+            excluded = not negated
+    return excluded
+
+
+def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_secret() -> None:
+    """Every file the Dockerfile COPYs is in the build context; .env, tests, venvs and manifests are not."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    sources = [
+        src
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for src in line.split()[1:-1]
+    ]
+    assert sources, "no COPY from the build context in the Dockerfile"
+    copied = []
+    for src in sources:
+        path = ROOT / src
+        assert path.exists(), f"the Dockerfile copies {src}, which does not exist"
+        files = [p for p in path.rglob("*.py")] if path.is_dir() else [path]
+        copied += [str(f.relative_to(ROOT)) for f in files if "__pycache__" not in f.parts]
+    missing = [f for f in copied if _dockerignore_excludes(f, patterns)]
+    assert not missing, f".dockerignore keeps these out of the build context: {missing}"
+    for private in (
+        ".env",
+        "tests/test_api.py",
+        ".venv/bin/python",
+        "k8s/deployment.yaml",
+        ".git/config",
+        "relay/__pycache__/app.cpython-311.pyc",
+    ):
+        assert _dockerignore_excludes(private, patterns), f"{private} would be sent to the Docker daemon"
 
 
 # -------------------------------------------------------------------------------------- kustomization
