@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import importlib
 import json
 import os
 import re
@@ -40,7 +41,7 @@ STAND_IN_SECRET = {"SUPABASE_JWT_SECRET": "s" * 48}
 def _optional_import(name: str) -> Any:
     """Tools that .ci/deploy-checks installs; a plain `pytest` run without them skips, that script never."""
     if os.environ.get("RELAY_DEPLOY_CHECKS"):
-        return __import__(name)
+        return importlib.import_module(name)
     return pytest.importorskip(name, reason=f"{name} is installed by .ci/deploy-checks")
 
 
