@@ -40,6 +40,7 @@ class Typist(threading.Thread):
         self.count = count
         self.pause = pause
         self.last_seq = 0
+        self.joined_at_seq = 0  # the room's seq in the first room_state: events before it are in `content`
         self.seqs: list[int] = []  # every seq received or acked, in arrival order
         self.document = ""
         self.acked: dict[str, int] = {}
@@ -67,7 +68,7 @@ class Typist(threading.Thread):
             self.done.set()
             while not self.stop.is_set():
                 self._read_for(0.2)
-        except BaseException as error:  # noqa: BLE001 - reported to the test thread
+        except BaseException as error:
             self.error = error
             self.done.set()
         finally:
@@ -174,7 +175,7 @@ class Typist(threading.Thread):
                 self.last_seq = frame["seq"]
                 self.document = frame["content"]
             else:
-                self.last_seq = frame["seq"]
+                self.last_seq = self.joined_at_seq = frame["seq"]
                 self.document = frame["content"]
         elif kind == "editor_update":
             if self._sequenced(frame["seq"], "editor_update"):
