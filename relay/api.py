@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from relay import metrics
 from relay.auth import Identity, bearer_token
 from relay.errors import (
     BadRequest,
@@ -41,6 +42,7 @@ class JSONResponse(Response):
 
 
 def error_response(error: RelayError) -> JSONResponse:
+    metrics.REFUSALS.labels(error.code).inc()
     headers = None
     if isinstance(error, RateLimited) and error.retry_after is not None:
         headers = {"Retry-After": str(error.retry_after)}
@@ -176,6 +178,12 @@ async def remove_member(request: Request) -> Response:
                          "user_id": user_id})
 
 
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus exposition; keep it off the public ingress (only the cluster's scraper needs it)."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
 async def health(request: Request) -> Response:
     """Liveness: the process answers. Never touches Redis, so a Redis outage restarts no pod."""
     services = _services(request)
@@ -208,4 +216,5 @@ routes = [
     Route("/api/room/{code}/members/{user_id}", remove_member, methods=["DELETE"]),
     Route("/api/health", health, methods=["GET"]),
     Route("/api/ready", ready, methods=["GET"]),
+    Route("/metrics", prometheus_metrics, methods=["GET"]),
 ]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -15,14 +16,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay import api
+from relay import api, logs
 from relay.auth import Authenticator
 from relay.bus import Bus
 from relay.config import Settings
@@ -38,6 +41,7 @@ from relay.ws import websocket_endpoint
 logger = logging.getLogger("relay.app")
 
 REDIS_MAX_CONNECTIONS = 64
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Time between telling clients to reconnect and uvicorn's 1012 close: enough to flush one small frame.
 DRAIN_NOTICE_SECONDS = 0.2
 
@@ -66,8 +70,34 @@ def replica_name() -> str:
     return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
+class RequestIds:
+    """ASGI middleware: a request id per HTTP request (the caller's X-Request-ID when it is sane)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        rid = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+        token = logs.request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("X-Request-ID", rid)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            logs.request_id.reset(token)
+
+
 def create_app(settings: Settings) -> Starlette:
     replica_id = replica_name()
+    logs.replica["id"] = replica_id
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,7 +140,7 @@ def create_app(settings: Settings) -> Starlette:
                 await redis_client.aclose()
             logger.info("replica %s stopped", replica_id)
 
-    middleware = []
+    middleware = [Middleware(RequestIds)]
     origins = cors_origins(settings)
     if origins:
         middleware.append(

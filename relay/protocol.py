@@ -4,12 +4,13 @@ Client frames are JSON text objects with a `type`; `parse_client_frame` validate
 (types, sizes) so the layers above only ever see well-formed values. Server frames are encoded once
 with orjson and the same bytes go to every socket.
 
-Envelope (a pub/sub message, also what the room's stream keeps):
-    kind "|" origin "|" seq "|" msg_id "|" frame
+Envelope (a pub/sub message):
+    kind "|" origin "|" seq "|" msg_id "|" ts "|" frame
 kind is `e` (an event to deliver), `c` (deliver, then close the room's sockets) or `r` (deliver, then
 close the sockets of the user named in the frame's `user_id`); origin is the id of
 the connection that caused it (`-` for none); seq is the room sequence number (0 for volatile events
-such as cursors and presence); msg_id is the sender's optional `client_msg_id` (empty for none).
+such as cursors and presence); msg_id is the sender's optional `client_msg_id` (empty for none); ts is
+when the publishing replica stamped the event (ms since the epoch), for the delivery-latency metric.
 The header is fixed-position so a replica routes a message without parsing its JSON.
 """
 
@@ -184,6 +185,7 @@ class Envelope:
     origin: str
     seq: int
     msg_id: str | None
+    ts: int
     frame: bytes
 
     @property
@@ -199,18 +201,19 @@ class Envelope:
         return user_id if isinstance(user_id, str) else None
 
     def pack(self) -> bytes:
-        return b"%s|%s|%d|%s|%s" % (
+        return b"%s|%s|%d|%s|%d|%s" % (
             self.kind.encode(),
             self.origin.encode(),
             self.seq,
             (self.msg_id or "").encode(),
+            self.ts,
             self.frame,
         )
 
     @classmethod
     def unpack(cls, data: bytes) -> Envelope:
         """Raises ValueError on anything that is not an envelope (the bus logs and drops it)."""
-        kind, origin, seq, msg_id, frame = data.split(b"|", 4)
+        kind, origin, seq, msg_id, ts, frame = data.split(b"|", 5)
         if kind not in (b"e", b"c", b"r"):
             raise ValueError(f"unknown envelope kind {kind[:10]!r}")
-        return cls(kind.decode(), origin.decode(), int(seq), msg_id.decode() or None, frame)
+        return cls(kind.decode(), origin.decode(), int(seq), msg_id.decode() or None, int(ts), frame)

@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.exceptions
 
+from relay import metrics
 from relay.errors import Unavailable
 
 logger = logging.getLogger("relay.redis")
@@ -28,10 +29,12 @@ def redis_unavailable_is_503(
             return await method(*args, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             logger.warning("redis unavailable during %s: %s", method.__name__, exc)
+            metrics.REDIS_ERRORS.inc()
             raise Unavailable("room storage is unavailable; retry shortly") from None
         except redis.exceptions.ResponseError as exc:
             if "OOM" in str(exc) or "READONLY" in str(exc) or "LOADING" in str(exc):
                 logger.warning("redis refused a write during %s: %s", method.__name__, exc)
+                metrics.REDIS_ERRORS.inc()
                 raise Unavailable("room storage refused the write; retry shortly") from None
             raise
 

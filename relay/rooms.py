@@ -211,7 +211,7 @@ local function sweep(now, channel)
   for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do gone[user_of(entry)] = nil end
   for uid, _ in pairs(gone) do
     local frame = cjson.encode({type = 'member_left', user_id = uid, ts = tonumber(now)})
-    redis.call('PUBLISH', channel, 'e|-|0||' .. frame)
+    redis.call('PUBLISH', channel, 'e|-|0||' .. now .. '|' .. frame)
   end
 end
 -- Durable events after `after`, oldest first, as {seq, origin, msg, frame, ...};
@@ -295,7 +295,8 @@ local frame = '{"seq":' .. seq .. ',' .. ARGV[4]
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
   'seq', seq, 'origin', ARGV[5], 'msg', ARGV[6], 'frame', frame)
 redis.call('XTRIM', KEYS[5], 'MINID', '~', ARGV[10])
-redis.call('PUBLISH', ARGV[11], 'e|' .. ARGV[5] .. '|' .. seq .. '|' .. ARGV[6] .. '|' .. frame)
+local envelope = 'e|' .. ARGV[5] .. '|' .. seq .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. frame
+redis.call('PUBLISH', ARGV[11], envelope)
 touch(ARGV[8])
 return {'ok', seq}
 """
@@ -370,7 +371,7 @@ redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', ARGV[1], 'updated_a
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local frame = '{"seq":' .. seq .. ',' .. ARGV[2]
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'seq', seq, 'origin', '-', 'msg', '', 'frame', frame)
-redis.call('PUBLISH', ARGV[3], 'c|-|' .. seq .. '||' .. frame)
+redis.call('PUBLISH', ARGV[3], 'c|-|' .. seq .. '||' .. ARGV[1] .. '|' .. frame)
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[6], KEYS[7])
 touch(ARGV[4])
 return {'ok', seq}
@@ -415,6 +416,7 @@ def _envelopes(flat: list[Any]) -> list[Envelope]:
             origin=_text(flat[i + 1]),
             seq=int(flat[i]),
             msg_id=_text(flat[i + 2]) or None,
+            ts=0,  # replayed from history: not a live delivery, no latency to measure
             frame=flat[i + 3],
         )
         for i in range(0, len(flat), 4)
@@ -545,7 +547,7 @@ class Rooms:
             }
         )
         keys = RoomKeys.of(code)
-        envelope = Envelope(KIND_EVENT, origin, 0, None, frame).pack()
+        envelope = Envelope(KIND_EVENT, origin, 0, None, now_ms(), frame).pack()
         await self._cursor(keys=keys.all, args=[identity.user_id, orjson.dumps(cursor_position), envelope,
                                                  keys.channel])
 
@@ -563,7 +565,8 @@ class Rooms:
             keys=keys.all,
             args=[
                 f"{identity.user_id}\t{connection_id}", now + self._settings.presence_ttl * 1000, now,
-                identity.user_id, keys.channel, Envelope(KIND_EVENT, connection_id, 0, None, joined).pack(),
+                identity.user_id, keys.channel,
+                Envelope(KIND_EVENT, connection_id, 0, None, now, joined).pack(),
                 self._settings.room_ttl, self._settings.max_connections_per_user,
                 self._settings.max_connections_per_room,
             ],
@@ -591,8 +594,10 @@ class Rooms:
         outcome = _text(
             await self._remove_member(
                 keys=keys.all,
-                args=[user_id, Envelope(KIND_REMOVE, NO_ORIGIN, 0, None, frame).pack(), keys.channel,
-                      self._settings.room_ttl],
+                args=[
+                    user_id, Envelope(KIND_REMOVE, NO_ORIGIN, 0, None, now_ms(), frame).pack(), keys.channel,
+                    self._settings.room_ttl,
+                ],
             )
         )
         if outcome == "not_found":
@@ -607,7 +612,7 @@ class Rooms:
         await self._presence_remove(
             keys=keys.all,
             args=[f"{user_id}\t{connection_id}", now, user_id, keys.channel,
-                  Envelope(KIND_EVENT, connection_id, 0, None, left).pack()],
+                  Envelope(KIND_EVENT, connection_id, 0, None, now, left).pack()],
         )
 
     @redis_unavailable_is_503

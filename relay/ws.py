@@ -22,6 +22,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from relay import logs, metrics
 from relay.errors import (
     BadRequest,
     InternalError,
@@ -53,6 +54,12 @@ from relay.rooms import Snapshot, normalize_code
 from relay.services import Services
 
 logger = logging.getLogger("relay.ws")
+
+_RECEIVED = {
+    kind: metrics.FRAMES_RECEIVED.labels(name)
+    for kind, name in ((EditorUpdate, "editor_update"), (CursorUpdate, "cursor_update"), (Ping, "ping"),
+                       (RefreshToken, "refresh_token"))
+}
 
 CLOSE_TIMEOUT_SECONDS = 5.0
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 for the code
@@ -101,6 +108,8 @@ async def _open(websocket: WebSocket, services: Services) -> tuple[Connection, S
     identity = await services.auth.authenticate(_token(websocket))
     member = await services.rooms.member(code, identity.user_id)
     connection = Connection(code, identity, member.role, services.settings.send_queue_frames)
+    logs.connection_id.set(connection.id)
+    logs.room_code.set(code)
     # Subscribe before reading the snapshot so no event falls between the two; the writer drops
     # what the snapshot already covers.
     await services.hub.add(connection)
@@ -237,6 +246,7 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
         if frame is None:
             connection.offer(_error(refusal.code, refusal.message))
             continue
+        _RECEIVED[type(frame)].inc()
         if isinstance(frame, EditorUpdate):
             try:
                 seq, duplicate = await rooms.append_edit(
@@ -393,6 +403,7 @@ def _delivery(envelope: Envelope) -> Delivery:
 
 
 def _error(code: str, message: str, client_msg_id: str | None = None) -> Delivery:
+    metrics.REFUSALS.labels(code).inc()
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if client_msg_id is not None:
         frame["client_msg_id"] = client_msg_id
@@ -400,6 +411,7 @@ def _error(code: str, message: str, client_msg_id: str | None = None) -> Deliver
 
 
 async def _close(websocket: WebSocket, error: RelayError) -> None:
+    metrics.REFUSALS.labels(error.code).inc()
     reason = error.message.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
     if websocket.application_state == WebSocketState.DISCONNECTED:
         return
