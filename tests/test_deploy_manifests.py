@@ -130,6 +130,16 @@ def test_every_probe_path_is_a_get_route_of_relay(app: Any) -> None:
     assert not missing, f"probes on paths relay does not route: {missing}"
 
 
+def test_scrape_annotations_name_relays_metrics(app: Any, live_replica: Replica) -> None:
+    """The prometheus.io annotations point at a route relay serves, on relay's port, in exposition format."""
+    annotations = the("Deployment", "relay")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == Settings.from_environ(DEV_ENVIRON).port
+    assert _matches_get(app, annotations["prometheus.io/path"])
+    response = httpx.get(f"{live_replica.http}{annotations['prometheus.io/path']}", timeout=5)
+    assert response.status_code == 200 and "relay_connections" in response.text
+
+
 @pytest.fixture(scope="module")
 def live_replica(redis_server: RedisServer) -> Iterator[Replica]:
     replica = Replica({"REDIS_URL": redis_server.url}, name="probes").start()
