@@ -135,6 +135,8 @@ def create_app(settings: Settings) -> Starlette:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
+                await services.rooms.aclose()
+            with contextlib.suppress(Exception):
                 await bus.aclose()
             with contextlib.suppress(Exception):
                 await redis_client.aclose()

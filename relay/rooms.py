@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from relay.auth import Identity
 from relay.config import Settings
@@ -41,6 +41,7 @@ from relay.errors import (
     RoomNotFound,
     Unavailable,
 )
+from relay.pipeline import ScriptPipeline
 from relay.protocol import (
     KIND_CLOSE,
     KIND_EVENT,
@@ -430,7 +431,9 @@ class Rooms:
         self._redis = redis_client
         self._settings = settings
 
-        def script(body: str) -> Callable[..., Awaitable[Any]]:
+        self._pipeline = ScriptPipeline(redis_client)
+
+        def script(body: str) -> AsyncScript:
             return redis_client.register_script(_LUA_PRELUDE + body)
 
         self._create = script(_CREATE)
@@ -453,7 +456,7 @@ class Rooms:
         member = Member(identity.user_id, INTERVIEWER, identity.user_name, now)
         for _ in range(CREATE_ATTEMPTS):
             code = new_code()
-            created = await self._create(
+            created = await self._run(self._create,
                 keys=RoomKeys.of(code).all,
                 args=[identity.user_id, member.dump(), now, self._settings.room_ttl, title, language],
             )
@@ -466,7 +469,7 @@ class Rooms:
         """The caller's membership and whether it is new. Joining twice keeps the first role."""
         role = INTERVIEWER if identity.is_interviewer else CANDIDATE
         member = Member(identity.user_id, role, identity.user_name, now_ms())
-        result = await self._join(
+        result = await self._run(self._join,
             keys=RoomKeys.of(code).all,
             args=[identity.user_id, member.dump(), self._settings.room_ttl, self._settings.max_members],
         )
@@ -477,7 +480,7 @@ class Rooms:
     @redis_unavailable_is_503
     async def member(self, code: str, user_id: str) -> Member:
         """The user's membership of an open room, or the reason there is none."""
-        result = await self._member(keys=RoomKeys.of(code).all, args=[user_id])
+        result = await self._run(self._member, keys=RoomKeys.of(code).all, args=[user_id])
         self._raise_for(_text(result[0]), code)
         return Member.load(user_id, result[1])
 
@@ -490,7 +493,7 @@ class Rooms:
     async def close(self, code: str) -> int:
         tail = frame_tail({"type": "room_closed", "room_code": code, "reason": "closed by the interviewer",
                            "ts": now_ms()})
-        result = await self._close(
+        result = await self._run(self._close,
             keys=RoomKeys.of(code).all,
             args=[now_ms(), tail, RoomKeys.of(code).channel, self._settings.closed_room_ttl,
                   self._settings.history_max_events],
@@ -523,7 +526,7 @@ class Rooms:
         )
         keys = RoomKeys.of(code)
         cursor = b"" if edit.cursor_position is None else orjson.dumps(edit.cursor_position)
-        result = await self._edit(
+        result = await self._run(self._edit,
             keys=keys.all,
             args=[
                 identity.user_id, edit.content, cursor, tail, origin, edit.client_msg_id or "", now,
@@ -548,8 +551,10 @@ class Rooms:
         )
         keys = RoomKeys.of(code)
         envelope = Envelope(KIND_EVENT, origin, 0, None, now_ms(), frame).pack()
-        await self._cursor(keys=keys.all, args=[identity.user_id, orjson.dumps(cursor_position), envelope,
-                                                 keys.channel])
+        await self._run(
+            self._cursor, keys=keys.all,
+            args=[identity.user_id, orjson.dumps(cursor_position), envelope, keys.channel],
+        )
 
     @redis_unavailable_is_503
     async def presence_add(self, code: str, identity: Identity, role: str, connection_id: str) -> bool:
@@ -561,7 +566,7 @@ class Rooms:
         keys = RoomKeys.of(code)
         joined = encode({"type": "member_joined", "user_id": identity.user_id,
                          "user_name": identity.user_name, "role": role, "ts": now})
-        result = await self._presence_add(
+        result = await self._run(self._presence_add,
             keys=keys.all,
             args=[
                 f"{identity.user_id}\t{connection_id}", now + self._settings.presence_ttl * 1000, now,
@@ -592,7 +597,7 @@ class Rooms:
         keys = RoomKeys.of(code)
         frame = encode({"type": "member_removed", "user_id": user_id, "ts": now_ms()})
         outcome = _text(
-            await self._remove_member(
+            await self._run(self._remove_member,
                 keys=keys.all,
                 args=[
                     user_id, Envelope(KIND_REMOVE, NO_ORIGIN, 0, None, now_ms(), frame).pack(), keys.channel,
@@ -609,7 +614,7 @@ class Rooms:
         now = now_ms()
         keys = RoomKeys.of(code)
         left = encode({"type": "member_left", "user_id": user_id, "ts": now})
-        await self._presence_remove(
+        await self._run(self._presence_remove,
             keys=keys.all,
             args=[f"{user_id}\t{connection_id}", now, user_id, keys.channel,
                   Envelope(KIND_EVENT, connection_id, 0, None, now, left).pack()],
@@ -622,7 +627,7 @@ class Rooms:
     @redis_unavailable_is_503
     async def events_after(self, code: str, after_seq: int) -> list[Envelope] | str:
         """Durable events after `after_seq`, or "ahead" / "gone" when history cannot answer."""
-        result = await self._events_after(keys=RoomKeys.of(code).all, args=[after_seq])
+        result = await self._run(self._events_after, keys=RoomKeys.of(code).all, args=[after_seq])
         head = _text(result[0])
         return _envelopes(result[1:]) if head == "events" else head
 
@@ -630,11 +635,17 @@ class Rooms:
     async def ping(self) -> None:
         await self._redis.ping()
 
+    async def aclose(self) -> None:
+        await self._pipeline.aclose()
+
     # --- helpers ---------------------------------------------------------------------------------
+
+    async def _run(self, script: AsyncScript, *, keys: list[str], args: list[Any]) -> Any:
+        return await self._pipeline.call(script, keys, args)
 
     async def _read_snapshot(self, code: str, after_seq: int | None) -> Snapshot:
         now = now_ms()
-        result = await self._snapshot(
+        result = await self._run(self._snapshot,
             keys=RoomKeys.of(code).all, args=[now, "" if after_seq is None else after_seq]
         )
         self._raise_for(_text(result[0]), code)
