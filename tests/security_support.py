@@ -10,14 +10,17 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
+from websockets.exceptions import ConnectionClosed
 
-from tests.support import REPO, Replica
+from tests.support import REPO, Client, Replica
 
 DOCS = REPO / "docs"
 # Set to 1 to rewrite the generated docs (authorization matrix, fuzz findings) instead of checking them.
@@ -39,25 +42,26 @@ def running(env: dict[str, str], name: str) -> Iterator[Replica]:
         replica.stop()
 
 
-def relay_keys(redis_url: str) -> set[str]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        return set(client.keys("relay:*"))
-    finally:
-        client.close()
+class RedisWatch:
+    """One long-lived connection to a test redis-server, to see which keys exist and which commands ran.
 
+    One connection, opened once, so that watching adds no HELLO / CLIENT SETINFO of its own to the counts.
+    """
 
-def command_calls(redis_url: str) -> dict[str, int]:
-    """Calls per Redis command so far (INFO commandstats), without INFO itself: who touched Redis."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    return {
-        name: int(value["calls"]) for name, value in stats.items()
-        if name != "cmdstat_info" and isinstance(value, dict)
-    }
+    def __init__(self, redis_url: str) -> None:
+        self.client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def keys(self) -> set[str]:
+        return set(self.client.keys("relay:*"))
+
+    def calls(self) -> dict[str, int]:
+        """Calls per Redis command so far (INFO commandstats), INFO itself left out."""
+        stats = self.client.info("commandstats")
+        return {name: int(value["calls"]) for name, value in stats.items()
+                if name != "cmdstat_info" and isinstance(value, dict)}
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def b64url(data: bytes) -> str:
@@ -84,3 +88,47 @@ def check_generated_doc(path: Path, text: str, test_file: str) -> None:
         f"{path.relative_to(REPO)} is out of date with the test's table; regenerate it with "
         f"{REGENERATE_ENV}=1 python -m pytest {test_file}"
     )
+
+
+class Listener:
+    """A member's socket read on a background thread, so it never falls behind while others flood."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.frames: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                frame = json.loads(self.client.conn.recv())
+                with self._changed:
+                    self.frames.append(frame)
+                    self._changed.notify_all()
+        except ConnectionClosed:
+            with self._changed:
+                self.close_code = self.client.conn.close_code
+                self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10) -> dict[str, Any]:
+        """The first frame so far (or arriving within `timeout`) that matches."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for frame in self.frames:
+                    if predicate(frame):
+                        return frame
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.close_code is not None:
+                    raise TimeoutError(f"no matching frame; last frames {self.frames[-3:]}, close {self.close_code}")
+                self._changed.wait(remaining)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.client.send(frame)
+
+    def close(self) -> None:
+        self.client.close()
+        self._thread.join(10)
