@@ -28,6 +28,7 @@ from relay.bus import Bus
 from relay.config import Settings
 from relay.errors import InternalError, RelayError, Unavailable
 from relay.hub import Hub
+from relay.limits import Quotas
 from relay.origins import cors_origins
 from relay.protocol import encode
 from relay.rooms import Rooms
@@ -77,6 +78,7 @@ def create_app(settings: Settings) -> Starlette:
             settings=settings,
             auth=Authenticator(settings),
             rooms=Rooms(redis_client, settings),
+            quotas=Quotas(redis_client, settings),
             bus=bus,
             hub=hub,
             replica_id=replica_id,
@@ -176,6 +178,9 @@ async def _refresh_presence(services: Services) -> None:
                 )
             except Unavailable:
                 break  # Redis is away; the bus reports it, and the next round retries
+            except RelayError as refusal:
+                # Removed, room closed, or its presence expired while Redis was away and the room filled up.
+                connection.kick(refusal)
 
 
 async def _relay_error(request: Request, exc: Exception) -> Response:

@@ -38,6 +38,7 @@ class Delivery:
     origin: str = ""
     msg_id: str | None = None
     closes_room: bool = False
+    removes_user: str | None = None  # deliver, then close this user's sockets
     resync: bool = False  # "check history for anything missed" after Redis came back
 
 
@@ -58,6 +59,8 @@ class Connection:
     closing: RelayError | None = None
     queue: asyncio.Queue[Delivery] = field(init=False)
     kicked: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    # Set when the client sent a fresh token, so the expiry watchdog re-reads identity.expires_at.
+    token_refreshed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.queue_size)
@@ -156,6 +159,7 @@ class Hub:
             origin=envelope.origin,
             msg_id=envelope.msg_id,
             closes_room=envelope.closes_room,
+            removes_user=envelope.removes_member,
         )
         for connection in tuple(connections):
             # The sender's own socket gets an ack for a durable event, nothing for a volatile one.
