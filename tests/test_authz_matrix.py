@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from websockets.sync.client import connect
 
 from relay.rooms import new_code
 from tests.security_support import DOCS, check_generated_doc, checkout_replica, hs256_with_key
-from tests.support import RedisServer, Replica, auth
+from tests.support import Client, RedisServer, Replica, auth
 from tests.test_auth import KID, SECRET, JwksServer
 
 HS = "hs256"  # a replica with only SUPABASE_JWT_SECRET
@@ -37,11 +38,20 @@ COLUMNS = {
     "join": "POST /api/join-room",
     "get": "GET /api/room/{code}",
     "delete": "DELETE /api/room/{code}",
+    "remove": "DELETE /api/room/{code}/members/{candidate}",
     "ws": "WS /ws/{code}",
 }
 
-REFUSED = {"create": "401 unauthorized", "join": "401 unauthorized", "get": "401 unauthorized",
-           "delete": "401 unauthorized", "ws": "close 4401"}
+REFUSED = {**{column: "401 unauthorized" for column in COLUMNS}, "ws": "close 4401"}
+
+# The matrix replicas run with small limits, so that a row can reach each one in a few requests.
+LIMITS = {
+    "RELAY_MAX_MEMBERS": 3,
+    "RELAY_CREATE_LIMIT": 3,
+    "RELAY_JOIN_FAILURE_LIMIT": 3,
+    "RELAY_MAX_CONNECTIONS_PER_USER": 1,
+    "RELAY_MAX_CONNECTIONS_PER_ROOM": 2,
+}
 
 
 class Keys:
@@ -71,6 +81,15 @@ class Keys:
         return self.sign(kind, self.claims(user))
 
 
+def _fresh(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _address() -> str:
+    """A client address of the cell's own (sent as X-Forwarded-For, which relay trusts from 127.0.0.1)."""
+    return "10." + ".".join(str(secrets.randbelow(256)) for _ in range(3))
+
+
 @dataclass
 class Cell:
     """One cell's world: a fresh open room with an interviewer and a candidate, on one replica."""
@@ -78,22 +97,42 @@ class Cell:
     kind: str
     replica: Replica
     keys: Keys
+    http: httpx.Client
     code: str = ""
-    interviewer: str = field(default_factory=lambda: f"ivr-{uuid.uuid4().hex[:8]}")
-    candidate: str = field(default_factory=lambda: f"cand-{uuid.uuid4().hex[:8]}")
+    interviewer: str = field(default_factory=lambda: _fresh("ivr"))
+    candidate: str = field(default_factory=lambda: _fresh("cand"))
+    address: str = field(default_factory=_address)
+    held: list[Client] = field(default_factory=list)  # sockets kept open while the cell runs
 
     def token(self, user: str) -> str:
         return self.keys.valid(self.kind, user)
 
+    def headers(self, bearer: str | None, address: str | None = None) -> dict[str, str]:
+        headers = {"X-Forwarded-For": address or self.address}
+        return {**headers, **auth(bearer)} if bearer is not None else headers
+
+    def post(self, path: str, user: str, body: dict[str, Any], address: str | None = None) -> httpx.Response:
+        return self.http.post(f"{self.replica.http}{path}", headers=self.headers(self.token(user), address), json=body)
+
+    def join(self, user: str, code: str | None = None, address: str | None = None) -> httpx.Response:
+        return self.post("/api/join-room", user, {"room_code": code or self.code}, address)
+
+    def hold(self, user: str) -> None:
+        client = Client(self.replica.ws, self.code, self.token(user))
+        self.held.append(client)
+        client.recv_type("room_state")
+
     def setup(self) -> Cell:
-        created = httpx.post(f"{self.replica.http}/api/create-room", headers=auth(self.token(self.interviewer)),
-                             json={}, timeout=10)
+        created = self.post("/api/create-room", self.interviewer, {})
         assert created.status_code == 200, created.text
         self.code = created.json()["room_code"]
-        joined = httpx.post(f"{self.replica.http}/api/join-room", headers=auth(self.token(self.candidate)),
-                            json={"room_code": self.code}, timeout=10)
+        joined = self.join(self.candidate)
         assert joined.status_code == 200 and joined.json()["role"] == "candidate", joined.text
         return self
+
+    def release(self) -> None:
+        for client in self.held:
+            client.close()
 
 
 def _none(kind: str, keys: Keys) -> str | None:
@@ -157,9 +196,87 @@ class Row:
     expect: dict[str, str]
     replicas: tuple[str, ...] = BOTH
     bad_token: Callable[[str, Keys], str | None] | None = None
-    # For valid callers: which user of the cell it is and what is done to the room first.
-    who: str = ""
-    room: str = "open"
+    # For valid callers: brings the cell into the row's situation; returns (caller, room code).
+    prepare: Callable[[Cell], tuple[str, str]] | None = None
+
+
+def _stranger(cell: Cell) -> tuple[str, str]:
+    return _fresh("stranger"), cell.code
+
+
+def _candidate(cell: Cell) -> tuple[str, str]:
+    return cell.candidate, cell.code
+
+
+def _interviewer(cell: Cell) -> tuple[str, str]:
+    return cell.interviewer, cell.code
+
+
+def _closed_room(cell: Cell) -> tuple[str, str]:
+    closed = cell.http.delete(f"{cell.replica.http}/api/room/{cell.code}",
+                              headers=cell.headers(cell.token(cell.interviewer)))
+    assert closed.status_code == 200, closed.text
+    return cell.interviewer, cell.code
+
+
+def _unknown_code(cell: Cell) -> str:
+    code = new_code()
+    while code == cell.code:
+        code = new_code()
+    return code
+
+
+def _unknown_room(cell: Cell) -> tuple[str, str]:
+    return cell.interviewer, _unknown_code(cell)
+
+
+def _removed(cell: Cell) -> tuple[str, str]:
+    removed = cell.http.delete(f"{cell.replica.http}/api/room/{cell.code}/members/{cell.candidate}",
+                               headers=cell.headers(cell.token(cell.interviewer)))
+    assert removed.status_code == 200, removed.text
+    return cell.candidate, cell.code
+
+
+def _room_full(cell: Cell) -> tuple[str, str]:
+    for _ in range(LIMITS["RELAY_MAX_MEMBERS"] - 2):
+        assert cell.join(_fresh("filler")).status_code == 200
+    return _stranger(cell)
+
+
+def _creations_used_up(cell: Cell) -> tuple[str, str]:
+    for _ in range(LIMITS["RELAY_CREATE_LIMIT"] - 1):
+        assert cell.post("/api/create-room", cell.interviewer, {}).status_code == 200
+    return _interviewer(cell)
+
+
+def _user_guessed_codes(cell: Cell) -> tuple[str, str]:
+    # From another address, so only the user's own counter fills up.
+    guesser, elsewhere = _fresh("guesser"), _address()
+    for _ in range(LIMITS["RELAY_JOIN_FAILURE_LIMIT"]):
+        assert cell.join(guesser, _unknown_code(cell), elsewhere).status_code == 404
+    return guesser, cell.code
+
+
+def _address_guessed_codes(cell: Cell) -> tuple[str, str]:
+    # Each guess by a new account from the cell's address: only the address's counter fills up.
+    for _ in range(LIMITS["RELAY_JOIN_FAILURE_LIMIT"]):
+        assert cell.join(_fresh("puppet"), _unknown_code(cell)).status_code == 404
+    return _stranger(cell)
+
+
+def _user_connections_used_up(cell: Cell) -> tuple[str, str]:
+    for _ in range(LIMITS["RELAY_MAX_CONNECTIONS_PER_USER"]):
+        cell.hold(cell.candidate)
+    return _candidate(cell)
+
+
+def _room_connections_used_up(cell: Cell) -> tuple[str, str]:
+    cell.hold(cell.interviewer)
+    cell.hold(cell.candidate)
+    assert LIMITS["RELAY_MAX_CONNECTIONS_PER_ROOM"] == 2
+    member = _fresh("member")
+    assert cell.join(member).status_code == 200
+    return member, cell.code
 
 
 ROWS: list[Row] = [
@@ -168,7 +285,7 @@ ROWS: list[Row] = [
     Row("bad_signature", "bad signature (another secret / another EC key, same kid)", REFUSED,
         bad_token=_bad_signature),
     Row("expired", "expired (exp 120 s ago)",
-        {**REFUSED, **{c: "401 token_expired" for c in ("create", "join", "get", "delete")}},
+        {**{column: "401 token_expired" for column in COLUMNS}, "ws": "close 4401"},
         bad_token=_times(exp=-120, iat=-720)),
     Row("not_yet_valid", "not yet valid (nbf 60 s ahead, beyond the 5 s leeway)", REFUSED,
         bad_token=_times(nbf=60)),
@@ -188,19 +305,41 @@ ROWS: list[Row] = [
         bad_token=_claims(role="service_role")),
     Row("non_member", "valid token, not a member (a fresh user per cell)",
         {"create": "200", "join": "200 candidate", "get": "403 forbidden", "delete": "403 not_member",
-         "ws": "close 4403"}, who="stranger"),
+         "remove": "403 not_member", "ws": "close 4403"}, prepare=_stranger),
     Row("candidate", "the room's candidate",
         {"create": "200", "join": "200 candidate", "get": "200 open", "delete": "403 forbidden",
-         "ws": "room_state"}, who="candidate"),
+         "remove": "403 forbidden", "ws": "room_state"}, prepare=_candidate),
     Row("interviewer", "the room's interviewer",
-        {"create": "200", "join": "200 interviewer", "get": "200 open", "delete": "200",
-         "ws": "room_state"}, who="interviewer"),
+        {"create": "200", "join": "200 interviewer", "get": "200 open", "delete": "200", "remove": "200",
+         "ws": "room_state"}, prepare=_interviewer),
     Row("closed_room", "closed room, its interviewer's token",
         {"create": "200", "join": "410 room_closed", "get": "200 closed", "delete": "410 room_closed",
-         "ws": "close 4410"}, who="interviewer", room="closed"),
+         "remove": "410 room_closed", "ws": "close 4410"}, prepare=_closed_room),
     Row("unknown_room", "unknown room (valid code, never created), a valid token",
         {"create": "200", "join": "404 room_not_found", "get": "404 room_not_found",
-         "delete": "404 room_not_found", "ws": "close 4404"}, who="interviewer", room="unknown"),
+         "delete": "404 room_not_found", "remove": "404 room_not_found", "ws": "close 4404"},
+        prepare=_unknown_room),
+    Row("removed_member", "a candidate the interviewer removed",
+        {"create": "200", "join": "403 member_removed", "get": "403 forbidden", "delete": "403 member_removed",
+         "remove": "403 member_removed", "ws": "close 4403"}, prepare=_removed),
+    Row("room_full", "a new user, room at `RELAY_MAX_MEMBERS` (3)",
+        {"create": "200", "join": "409 room_full", "get": "403 forbidden", "delete": "403 not_member",
+         "remove": "403 not_member", "ws": "close 4403"}, prepare=_room_full),
+    Row("creations_used_up", "the interviewer, after `RELAY_CREATE_LIMIT` (3) rooms this hour",
+        {"create": "429 rate_limited", "join": "200 interviewer", "get": "200 open", "delete": "200",
+         "remove": "200", "ws": "room_state"}, prepare=_creations_used_up),
+    Row("user_guessed_codes", "a user with `RELAY_JOIN_FAILURE_LIMIT` (3) failed joins (from another address)",
+        {"create": "200", "join": "429 rate_limited", "get": "403 forbidden", "delete": "403 not_member",
+         "remove": "403 not_member", "ws": "close 4403"}, prepare=_user_guessed_codes),
+    Row("address_guessed_codes", "a new user from an address with `RELAY_JOIN_FAILURE_LIMIT` (3) failed joins",
+        {"create": "200", "join": "429 rate_limited", "get": "403 forbidden", "delete": "403 not_member",
+         "remove": "403 not_member", "ws": "close 4403"}, prepare=_address_guessed_codes),
+    Row("user_connections_used_up", "the candidate, holding `RELAY_MAX_CONNECTIONS_PER_USER` (1) sockets",
+        {"create": "200", "join": "200 candidate", "get": "200 open", "delete": "403 forbidden",
+         "remove": "403 forbidden", "ws": "close 4429"}, prepare=_user_connections_used_up),
+    Row("room_connections_used_up", "a member, room holding `RELAY_MAX_CONNECTIONS_PER_ROOM` (2) sockets",
+        {"create": "200", "join": "200 candidate", "get": "200 open", "delete": "403 forbidden",
+         "remove": "403 forbidden", "ws": "close 4429"}, prepare=_room_connections_used_up),
 ]
 
 
@@ -208,20 +347,24 @@ ROWS: list[Row] = [
 
 
 def _http(cell: Cell, column: str, code: str, bearer: str | None) -> str:
-    headers = auth(bearer) if bearer is not None else {}
-    base = cell.replica.http
+    headers = cell.headers(bearer)
+    base, http = cell.replica.http, cell.http
     if column == "create":
-        response = httpx.post(f"{base}/api/create-room", headers=headers, json={}, timeout=10)
+        response = http.post(f"{base}/api/create-room", headers=headers, json={})
     elif column == "join":
-        response = httpx.post(f"{base}/api/join-room", headers=headers, json={"room_code": code}, timeout=10)
+        response = http.post(f"{base}/api/join-room", headers=headers, json={"room_code": code})
     elif column == "get":
-        response = httpx.get(f"{base}/api/room/{code}", headers=headers, timeout=10)
+        response = http.get(f"{base}/api/room/{code}", headers=headers)
+    elif column == "delete":
+        response = http.delete(f"{base}/api/room/{code}", headers=headers)
     else:
-        response = httpx.delete(f"{base}/api/room/{code}", headers=headers, timeout=10)
+        response = http.delete(f"{base}/api/room/{code}/members/{cell.candidate}", headers=headers)
     assert "Traceback" not in response.text
     body = response.json()
     if response.status_code != 200:
         assert body["status"] == "error" and body["message"], body
+        if response.status_code == 429:
+            assert int(response.headers["Retry-After"]) > 0
         return f"{response.status_code} {body['code']}"
     assert body["status"] == "success", body
     if column == "join":
@@ -248,20 +391,11 @@ def _ws(cell: Cell, code: str, bearer: str | None) -> str:
 
 def run_cell(cell: Cell, row: Row, column: str) -> str:
     if row.bad_token is not None:
-        bearer = row.bad_token(cell.kind, cell.keys)
-        return _ws(cell, cell.code, bearer) if column == "ws" else _http(cell, column, cell.code, bearer)
-    user = {"stranger": f"stranger-{uuid.uuid4().hex[:8]}", "candidate": cell.candidate,
-            "interviewer": cell.interviewer}[row.who]
-    code = cell.code
-    if row.room == "closed":
-        closed = httpx.delete(f"{cell.replica.http}/api/room/{code}", headers=auth(cell.token(cell.interviewer)),
-                              timeout=10)
-        assert closed.status_code == 200, closed.text
-    elif row.room == "unknown":
-        code = new_code()
-        while code == cell.code:
-            code = new_code()
-    bearer = cell.token(user)
+        bearer, code = row.bad_token(cell.kind, cell.keys), cell.code
+    else:
+        assert row.prepare is not None
+        user, code = row.prepare(cell)
+        bearer = cell.token(user)
     return _ws(cell, code, bearer) if column == "ws" else _http(cell, column, code, bearer)
 
 
@@ -276,8 +410,23 @@ def matrix_keys() -> Iterator[Keys]:
 
 
 @pytest.fixture(scope="module")
-def matrix_replicas(redis_server: RedisServer, matrix_keys: Keys) -> Iterator[dict[str, Replica]]:
-    production = {"RELAY_DEV_MODE": "false", "REDIS_URL": redis_server.url}
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def matrix_redis() -> Iterator[RedisServer]:
+    """The matrix's own redis-server: the quota counters it fills must not limit other tests."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def matrix_replicas(matrix_redis: RedisServer, matrix_keys: Keys) -> Iterator[dict[str, Replica]]:
+    production = {"RELAY_DEV_MODE": "false", "REDIS_URL": matrix_redis.url,
+                  **{name: str(value) for name, value in LIMITS.items()}}
     started: dict[str, Replica] = {}
     try:
         started[HS] = checkout_replica({**production, "SUPABASE_JWT_SECRET": SECRET}, "matrix-hs").start()
@@ -293,11 +442,14 @@ CASES = [(kind, row, column) for row in ROWS for kind in row.replicas for column
 
 @pytest.mark.parametrize(("kind", "row", "column"), CASES,
                          ids=[f"{kind}-{row.key}-{column}" for kind, row, column in CASES])
-def test_authorization_matrix(matrix_replicas: dict[str, Replica], matrix_keys: Keys, kind: str, row: Row,
-                              column: str) -> None:
+def test_authorization_matrix(matrix_replicas: dict[str, Replica], matrix_keys: Keys, http: httpx.Client,
+                              kind: str, row: Row, column: str) -> None:
     """Each caller kind gets exactly the status or close code its matrix cell names, on each auth setup."""
-    cell = Cell(kind, matrix_replicas[kind], matrix_keys).setup()
-    assert run_cell(cell, row, column) == row.expect[column]
+    cell = Cell(kind, matrix_replicas[kind], matrix_keys, http)
+    try:
+        assert run_cell(cell.setup(), row, column) == row.expect[column]
+    finally:
+        cell.release()
 
 
 def render_matrix() -> str:
@@ -312,7 +464,10 @@ def render_matrix() -> str:
         "",
         "HTTP cells give the status and the error `code` (for joins the role, for reads the room status);",
         "WebSocket cells give the close code, or `room_state` when the socket is accepted. Tokens travel as",
-        "`Authorization: Bearer` on HTTP and `?token=` on the WebSocket. Every cell runs on a fresh room.",
+        "`Authorization: Bearer` on HTTP and `?token=` on the WebSocket. Every cell runs on a fresh room whose",
+        "candidate is the target of the member-removal column, from a client address of its own.",
+        "The replicas run with small limits so that a row reaches each: "
+        + ", ".join(f"`{name}={value}`" for name, value in LIMITS.items()) + ".",
         "",
         "| caller | replicas | " + " | ".join(f"`{title}`" for title in COLUMNS.values()) + " |",
         "|---|---|" + "---|" * len(COLUMNS),
@@ -330,7 +485,9 @@ def render_matrix() -> str:
         "- Supabase API keys are signed as genuinely as each replica accepts (HS256 with the project secret,",
         "  or ES256 with the JWKS key), so what refuses them is their claims, not their signature.",
         "- A non-member's join succeeds and makes them a candidate: joining by code is how one becomes a",
-        "  member. Guessing codes is what the join-failure limit is for.",
+        "  member. Guessing codes is what the join-failure limit is for: it counts joins of unknown rooms",
+        "  per user and per client address, and refuses every join (even of a real room) past the limit.",
+        "- 429 answers carry `Retry-After`; the test checks it on every 429 cell.",
         "",
     ]
     return "\n".join(lines)

@@ -641,7 +641,8 @@ BAD_CODES = [
 ]
 
 
-KEY_PATTERN = re.compile(r"relay:\{[" + CODE_ALPHABET + r"]{6}\}:[a-z]+")
+# Room keys carry a valid code; quota keys a 32-hex-digit hash of a user id or client address.
+KEY_PATTERN = re.compile(r"relay:\{[" + CODE_ALPHABET + r"]{6}\}:[a-z]+|relay:limit:(create|joinfail:user|joinfail:addr):[0-9a-f]{32}")
 
 
 def _raw_http(replica: Replica, method: str, path: str, bearer: str) -> str:
@@ -676,8 +677,19 @@ def _raw_ws(replica: Replica, segment: str, bearer: str) -> str:
 class CodeFinding:
     bad: BadCode
     answers: dict[str, str]
-    redis_commands: dict[str, int]
+    url_commands: dict[str, int]  # Redis commands run by GET, DELETE and WS together
+    join_commands: dict[str, int]  # Redis commands run by the join-room request
     new_keys: set[str]
+
+
+# Before looking at the code, join-room reads the caller's failed-join counters (keys named by hashes of
+# the user id and client address, never by the code): the only Redis access a bad code may cause.
+JOIN_QUOTA_READS = {"cmdstat_get", "cmdstat_ttl"}
+
+
+def _ran(watch: RedisWatch, before: dict[str, int]) -> dict[str, int]:
+    after = watch.calls()
+    return {name: calls - before.get(name, 0) for name, calls in after.items() if calls != before.get(name, 0)}
 
 
 @pytest.fixture(scope="module")
@@ -686,26 +698,26 @@ def code_findings(fuzz_replica: Replica, watch: RedisWatch) -> list[CodeFinding]
     found = []
     keys_before = watch.keys()
     for bad in BAD_CODES:
-        calls_before = watch.calls()
+        calls = watch.calls()
         answers = {
             "GET": _raw_http(fuzz_replica, "GET", f"/api/room/{bad.segment}", bearer),
             "DELETE": _raw_http(fuzz_replica, "DELETE", f"/api/room/{bad.segment}", bearer),
             "WS": _raw_ws(fuzz_replica, bad.segment, bearer),
-            "join body": check_http_answer(httpx.post(f"{fuzz_replica.http}/api/join-room", headers=auth(bearer),
-                                                      json={"room_code": bad.body}, timeout=10)),
         }
-        calls_after = watch.calls()
-        ran = {name: calls - calls_before.get(name, 0) for name, calls in calls_after.items()
-               if calls != calls_before.get(name, 0)}
+        url_commands = _ran(watch, calls)
+        calls = watch.calls()
+        answers["join body"] = check_http_answer(httpx.post(
+            f"{fuzz_replica.http}/api/join-room", headers=auth(bearer), json={"room_code": bad.body}, timeout=10))
+        join_commands = _ran(watch, calls)
         keys_after = watch.keys()
-        found.append(CodeFinding(bad, answers, ran, keys_after - keys_before))
+        found.append(CodeFinding(bad, answers, url_commands, join_commands, keys_after - keys_before))
         keys_before = keys_after
     return found
 
 
 @pytest.mark.parametrize("index", range(len(BAD_CODES)), ids=[bad.label for bad in BAD_CODES])
 def test_bad_room_code_is_refused_before_any_redis_access(code_findings: list[CodeFinding], index: int) -> None:
-    """A bad code gets 422 / close 4400 (an unroutable path 404 / a refused handshake) and runs no Redis command."""
+    """A bad code gets 422 / close 4400 (an unroutable path 404 / a refused handshake) and touches no room key."""
     finding = code_findings[index]
     if finding.bad.routed:
         expected = {"GET": "422 bad_request", "DELETE": "422 bad_request", "WS": "close 4400",
@@ -714,19 +726,18 @@ def test_bad_room_code_is_refused_before_any_redis_access(code_findings: list[Co
         expected = {"GET": "404 not_found", "DELETE": "404 not_found", "WS": "HTTP 403",
                     "join body": "422 bad_request"}
     assert finding.answers == expected
-    assert finding.redis_commands == {}
+    assert finding.url_commands == {}
+    assert set(finding.join_commands) <= JOIN_QUOTA_READS
     assert finding.new_keys == set()
 
 
 def test_every_key_is_named_by_a_valid_code(code_findings: list[CodeFinding], watch: RedisWatch,
                                             room_members: tuple[str, Listener, Listener]) -> None:
-    """After all the bad codes, every relay key in Redis is named by a code of the exact code pattern."""
+    """After all the bad codes, every relay key is named by a valid code or by a quota's hash, never by input."""
     keys = watch.keys()
     assert keys, "the probes ran against an empty Redis: the fuzz room should be there"
     strange = sorted(key for key in keys if not KEY_PATTERN.fullmatch(key))
     assert strange == []
-    for finding in code_findings:
-        assert finding.new_keys == set(), finding
 
 
 def test_unknown_room_codes_do_not_create_keys(fuzz_replica: Replica, watch: RedisWatch) -> None:
@@ -740,6 +751,10 @@ def test_unknown_room_codes_do_not_create_keys(fuzz_replica: Replica, watch: Red
 
 
 # --- the findings document ---------------------------------------------------------------------------
+
+
+def _commands(ran: dict[str, int]) -> str:
+    return ", ".join(f"{name.removeprefix('cmdstat_')} x{count}" for name, count in sorted(ran.items())) or "none"
 
 
 def render_findings(run: FuzzRun, codes: list[CodeFinding], bodies: list[tuple[str, str, str]]) -> str:
@@ -772,17 +787,18 @@ def render_findings(run: FuzzRun, codes: list[CodeFinding], bodies: list[tuple[s
         "## Room codes in every bad shape",
         "",
         "The same bad code in `GET /api/room/<code>`, `DELETE /api/room/<code>`, `/ws/<code>` and as",
-        "`room_code` in a `POST /api/join-room` body, with a valid token; the last column counts the Redis",
-        "commands the four requests ran together (`INFO commandstats` before and after).",
+        "`room_code` in a `POST /api/join-room` body, with a valid token. The last two columns count the",
+        "Redis commands run (`INFO commandstats` before and after): by the three URL requests together, and",
+        "by the join (which first reads the caller's failed-join counters, keyed by hashes, never the code).",
         "",
-        "| bad code | URL segment sent | GET | DELETE | WS | join body | Redis commands |",
-        "|---|---|---|---|---|---|---|",
+        "| bad code | URL segment sent | GET | DELETE | WS | join body | Redis (URLs) | Redis (join) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for finding in codes:
         segment = finding.bad.segment if len(finding.bad.segment) <= 40 else f"{finding.bad.segment[:12]}... ({len(finding.bad.segment)} chars)"
-        ran = ", ".join(f"{name.removeprefix('cmdstat_')} x{count}" for name, count in sorted(finding.redis_commands.items())) or "none"
         a = finding.answers
-        lines.append(f"| {finding.bad.label} | `{segment}` | {a['GET']} | {a['DELETE']} | {a['WS']} | {a['join body']} | {ran} |")
+        lines.append(f"| {finding.bad.label} | `{segment}` | {a['GET']} | {a['DELETE']} | {a['WS']} | {a['join body']} "
+                     f"| {_commands(finding.url_commands)} | {_commands(finding.join_commands)} |")
     lines += ["", "## Bad HTTP bodies", "", "| body | create-room | join-room |", "|---|---|---|"]
     lines += [f"| {label} | {create} | {join} |" for label, create, join in bodies]
     lines += [
