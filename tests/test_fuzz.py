@@ -31,9 +31,11 @@ from relay.protocol import (
     CLIENT_MSG_ID,
     CLIENT_TYPES,
     MAX_CURSOR_BYTES,
+    MAX_TOKEN_CHARS,
     CursorUpdate,
     EditorUpdate,
     Ping,
+    RefreshToken,
     parse_client_frame,
 )
 from relay.rooms import CODE_ALPHABET
@@ -98,7 +100,7 @@ def check_parse(text: str) -> object:
     except RelayError as error:
         assert error.code in FRAME_ERROR_CODES and error.message, error
         return error
-    assert isinstance(frame, EditorUpdate | CursorUpdate | Ping)
+    assert isinstance(frame, EditorUpdate | CursorUpdate | Ping | RefreshToken)
     return frame
 
 
@@ -117,6 +119,7 @@ frame_objects = st.fixed_dictionaries({}, optional={
     "client_msg_id": st.from_regex(CLIENT_MSG_ID, fullmatch=True) | json_values,
     "user_id": json_values,
     "seq": json_values,
+    "token": st.text(any_char) | json_values,
 })
 PARSER = settings(max_examples=400, deadline=None)
 
@@ -427,6 +430,15 @@ def _huge(rng: random.Random) -> tuple[str, str | bytes]:
     return _obj({"type": "cursor_update", "cursor_position": {"s": "x" * rng.randint(2000, 100_000)}})
 
 
+def _refresh_token_wrong(rng: random.Random) -> tuple[str, str | bytes]:
+    value = rng.choice(["missing", None, 0, 1.5, True, "", [], {}, ["eyJ.a.b"], {"token": "x"},
+                        "t" * (MAX_TOKEN_CHARS + 1)])
+    frame: dict[str, Any] = {"type": "refresh_token"}
+    if value != "missing":
+        frame["token"] = value
+    return _obj(frame)
+
+
 def _valid(rng: random.Random) -> tuple[str, str | bytes]:
     choice = rng.random()
     if choice < 0.5:
@@ -460,10 +472,11 @@ CATEGORIES = [
     Category("cursor_wrong", "cursor_position missing, string, boolean, float, out-of-range int, over 1 KiB", 250, _cursor_wrong, True),
     Category("client_msg_id_wrong", "client_msg_id empty, with spaces, 65 chars, non-ASCII, NUL, float, object", 200, _client_msg_id_wrong, True),
     Category("deep_nesting", "arrays / objects nested 50 to 20000 deep in a cursor or an ignored field", 200, _deep_nesting, False),
+    Category("refresh_token_wrong", "refresh_token without a string token: missing, null, number, empty, list, object, over 8192 chars", 100, _refresh_token_wrong, True),
     Category("lone_surrogates", "lone surrogates as JSON escapes in content, type, keys, cursor, id", 200, _lone_surrogates, True),
     Category("nul", "NUL as an escape (valid in content) and raw (not JSON), in types, keys, ids", 150, _nul, False),
     Category("huge", "strings up to the frame limit: content over the document limit, huge type / field / number / key count", 30, _huge, False),
-    Category("valid", "well-formed edits (with a spoofed user_id), cursors and pings, mixed in", 170, _valid, False),
+    Category("valid", "well-formed edits (with a spoofed user_id), cursors and pings, mixed in", 70, _valid, False),
 ]
 SEED = 20240604
 
@@ -559,6 +572,14 @@ def _closing_inputs(replica: Replica, code: str) -> dict[str, str]:
     with invalid_utf8.conn.send_context():
         invalid_utf8.conn.protocol.send_text(b'{"type":"editor_update","content":"\xff\xfe"}')
     got["text frame that is not UTF-8"] = f"close {invalid_utf8.wait_closed()[0]}"
+    for label, value in [("refresh_token with a string that is not a JWT", "not-a-jwt"),
+                         ("refresh_token with a JWT signed with another secret",
+                          token("fuzzer", secret="another-secret-that-is-at-least-32-bytes-long")),
+                         ("refresh_token with another member's valid token", token("ana", name="Ana"))]:
+        refresher = Client(replica.ws, code, token("fuzzer", name="Fuzzer"))
+        refresher.recv_type("room_state")
+        refresher.send({"type": "refresh_token", "token": value})
+        got[label] = f"close {refresher.wait_closed()[0]}"
     return got
 
 
@@ -572,8 +593,9 @@ def test_every_bad_frame_gets_an_error_frame_and_the_socket_stays_open(fuzz_run:
 
 
 def test_inputs_that_close_get_the_protocol_close_codes(fuzz_run: FuzzRun) -> None:
-    """An oversize frame is closed with 1009 and a non-UTF-8 text frame with 1007, nothing else."""
-    assert sorted(fuzz_run.closers.values()) == ["close 1007", "close 1009"], fuzz_run.closers
+    """Oversize frame: 1009; non-UTF-8 text: 1007; a refresh_token that is not this user's valid token: 4401."""
+    assert sorted(fuzz_run.closers.values()) == ["close 1007", "close 1009", "close 4401", "close 4401",
+                                                 "close 4401"], fuzz_run.closers
 
 
 def test_room_still_works_for_everyone_after_the_fuzz(fuzz_replica: Replica, fuzz_run: FuzzRun,
