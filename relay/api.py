@@ -118,9 +118,9 @@ async def join_room(request: Request) -> Response:
     body = await _json_body(request)
     if "room_code" not in body:
         raise BadRequest("body must be {\"room_code\": \"ABC123\"}")
+    code = normalize_code(body["room_code"])
     address = request.client.host if request.client else None
     await services.quotas.check_join(identity.user_id, address)
-    code = normalize_code(body["room_code"])
     try:
         member, is_new = await services.rooms.join(code, identity)
     except RoomNotFound:

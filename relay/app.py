@@ -226,7 +226,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     body: dict[str, Any] = {
         "status": "error",
         "code": codes.get(exc.status_code, "http_error"),
-        "message": exc.detail if exc.status_code != 404 else f"no endpoint {request.url.path}",
+        # The path is not echoed: it may hold whatever a client put there, tokens included.
+        "message": exc.detail if exc.status_code != 404 else "no such endpoint: see README for the API",
     }
     return api.JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

@@ -21,8 +21,12 @@ _SECRET_PATTERNS = (
     (re.compile(r"(?i)((?:access_|refresh_)?token=)[^&\s\"']+"), r"\1[redacted]"),
     # Authorization: Bearer ...
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-_.=+/]+"), r"\1[redacted]"),
+    # "token": "..." in JSON (a refresh_token frame, however it is cut short)
+    (re.compile(r"(?i)(\"(?:access_|refresh_)?token\"\s*:\s*\")[^\"]*"), r"\1[redacted]"),
     # anything shaped like a JWT (three base64url parts, the first starting with {" encoded)
     (re.compile(r"eyJ[A-Za-z0-9\-_]+\.[A-Za-z0-9\-_]+\.[A-Za-z0-9\-_]*"), "[redacted-jwt]"),
+    # ... and what is left of one when a log line cut it short
+    (re.compile(r"eyJ[A-Za-z0-9\-_.]{8,}"), "[redacted-jwt]"),
 )
 
 
@@ -39,6 +43,40 @@ def redact(text: str) -> str:
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+class DropFrameDumps(logging.Filter):
+    """websockets logs every frame's payload at DEBUG ("< TEXT '...'"): documents, cursors, tokens.
+
+    Those lines go through uvicorn's logger, so debug level would turn candidates' code and refreshed
+    tokens into log lines; relay logs its own per-connection events instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.DEBUG and record.msg in ("< %s", "> %s"))
+
+
+# uvicorn 0.54 (websockets-sansio) logs these at ERROR for things any client can cause on purpose, so
+# they would page someone at will: relay's own denial of a handshake (the Origin check answers with an
+# HTTP 403 body, and uvicorn then complains the handshake never completed), and a frame that is not
+# UTF-8 (answered with close 1007). They are recorded as what they are.
+_CLIENT_CAUSED = {
+    "ASGI callable returned without completing handshake.": (
+        logging.INFO, "websocket handshake refused with an HTTP response"),
+    "Invalid UTF-8 sequence received from client.": (
+        logging.WARNING, "client sent a text frame that is not UTF-8; closed with 1007"),
+}
+
+
+class DowngradeClientCaused(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        downgrade = _CLIENT_CAUSED.get(record.msg) if isinstance(record.msg, str) else None
+        if downgrade is not None:
+            record.levelno, record.msg = downgrade
+            record.levelname = logging.getLevelName(record.levelno)
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 class RedactSecrets(logging.Filter):
@@ -96,12 +134,20 @@ def log_config(settings: Settings) -> dict[str, Any]:
     use_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
     formatter: dict[str, Any] = {"()": JSONFormatter if use_json else TextFormatter}
     level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
-    handler = {"class": "logging.StreamHandler", "formatter": "main", "filters": ["redact"],
-               "stream": "ext://sys.stderr"}
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "main",
+        "filters": ["frames", "client_caused", "redact"],
+        "stream": "ext://sys.stderr",
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": RedactSecrets}},
+        "filters": {
+            "redact": {"()": RedactSecrets},
+            "frames": {"()": DropFrameDumps},
+            "client_caused": {"()": DowngradeClientCaused},
+        },
         "formatters": {"main": formatter},
         "handlers": {"main": handler},
         "loggers": {

@@ -72,7 +72,8 @@ def normalize_code(raw: object) -> str:
     """The canonical room code, or BadRequest. Runs before any Redis access: user input never picks a key."""
     if not isinstance(raw, str):
         raise BadRequest("room_code must be a string of 6 characters")
-    code = raw.strip().upper()
+    # ASCII first: str.upper() maps some other letters onto ASCII (long s U+017F -> "S", "ß" -> "SS").
+    code = raw.strip().upper() if raw.isascii() else ""
     if not CODE_PATTERN.fullmatch(code):
         raise BadRequest(
             f"room_code must be {CODE_LENGTH} characters from {CODE_ALPHABET} (no 0, O, 1, I or L)"
