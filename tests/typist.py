@@ -133,7 +133,7 @@ class Typist(threading.Thread):
                 query = f"?token={self.token}" + (f"&last_seq={self.last_seq}" if self.seqs else "")
                 try:
                     conn = connect(f"{url}/ws/{self.code}{query}", open_timeout=3, legacy=True)
-                except (OSError, InvalidHandshake, TimeoutError):
+                except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed):  # e.g. killed mid-handshake
                     continue
                 try:
                     first = json.loads(conn.recv(timeout=5))
