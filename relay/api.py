@@ -11,8 +11,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from relay import metrics
 from relay.auth import Identity, bearer_token
-from relay.errors import BadRequest, Forbidden, RelayError, TooLarge, Unauthorized, Unavailable
+from relay.errors import (
+    BadRequest,
+    Forbidden,
+    RateLimited,
+    RelayError,
+    RoomNotFound,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from relay.rooms import INTERVIEWER, normalize_code
 from relay.services import Services
 
@@ -32,7 +42,11 @@ class JSONResponse(Response):
 
 
 def error_response(error: RelayError) -> JSONResponse:
-    return JSONResponse(error.as_dict(), status_code=error.http_status)
+    metrics.REFUSALS.labels(error.code).inc()
+    headers = None
+    if isinstance(error, RateLimited) and error.retry_after is not None:
+        headers = {"Retry-After": str(error.retry_after)}
+    return JSONResponse(error.as_dict(), status_code=error.http_status, headers=headers)
 
 
 def _services(request: Request) -> Services:
@@ -80,6 +94,7 @@ async def create_room(request: Request) -> Response:
         if not isinstance(value, str) or len(value) > limit:
             raise BadRequest(f"{name} must be a string of at most {limit} characters")
         options[name] = value
+    await services.quotas.count_room_creation(identity.user_id)
     room = await services.rooms.create(identity, title=options["title"], language=options["language"])
     logger.info("room %s created by %s", room.code, identity.user_id)
     return JSONResponse(
@@ -104,7 +119,14 @@ async def join_room(request: Request) -> Response:
     if "room_code" not in body:
         raise BadRequest("body must be {\"room_code\": \"ABC123\"}")
     code = normalize_code(body["room_code"])
-    member, is_new = await services.rooms.join(code, identity)
+    address = request.client.host if request.client else None
+    await services.quotas.check_join(identity.user_id, address)
+    try:
+        member, is_new = await services.rooms.join(code, identity)
+    except RoomNotFound:
+        # Guessing codes shows up as many joins of rooms that do not exist.
+        await services.quotas.count_join_failure(identity.user_id, address)
+        raise
     if is_new:
         logger.info("user %s joined room %s as %s", identity.user_id, code, member.role)
     return JSONResponse(
@@ -140,6 +162,28 @@ async def delete_room(request: Request) -> Response:
     return JSONResponse({"status": "success", "message": "Room closed", "room_code": code, "seq": seq})
 
 
+async def remove_member(request: Request) -> Response:
+    services = _services(request)
+    identity = await _identity(request)
+    code = normalize_code(request.path_params["code"])
+    user_id = request.path_params["user_id"]
+    member = await services.rooms.member(code, identity.user_id)
+    if member.role != INTERVIEWER:
+        raise Forbidden(f"only an interviewer may remove members of room {code}")
+    if user_id == identity.user_id:
+        raise Forbidden("you cannot remove yourself; close the room instead (DELETE /api/room/{code})")
+    await services.rooms.remove_member(code, user_id)
+    logger.info("user %s removed from room %s by %s", user_id, code, identity.user_id)
+    return JSONResponse({"status": "success", "message": "Member removed", "room_code": code,
+                         "user_id": user_id})
+
+
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus exposition; keep it off the public ingress (only the cluster's scraper needs it)."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
 async def health(request: Request) -> Response:
     """Liveness: the process answers. Never touches Redis, so a Redis outage restarts no pod."""
     services = _services(request)
@@ -169,6 +213,8 @@ routes = [
     Route("/api/join-room", join_room, methods=["POST"]),
     Route("/api/room/{code}", get_room, methods=["GET"]),
     Route("/api/room/{code}", delete_room, methods=["DELETE"]),
+    Route("/api/room/{code}/members/{user_id}", remove_member, methods=["DELETE"]),
     Route("/api/health", health, methods=["GET"]),
     Route("/api/ready", ready, methods=["GET"]),
+    Route("/metrics", prometheus_metrics, methods=["GET"]),
 ]

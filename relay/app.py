@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -15,19 +16,22 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay import api
+from relay import api, logs
 from relay.auth import Authenticator
 from relay.bus import Bus
 from relay.config import Settings
 from relay.errors import InternalError, RelayError, Unavailable
 from relay.hub import Hub
+from relay.limits import Quotas
 from relay.origins import cors_origins
 from relay.protocol import encode
 from relay.rooms import Rooms
@@ -37,6 +41,7 @@ from relay.ws import websocket_endpoint
 logger = logging.getLogger("relay.app")
 
 REDIS_MAX_CONNECTIONS = 64
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Time between telling clients to reconnect and uvicorn's 1012 close: enough to flush one small frame.
 DRAIN_NOTICE_SECONDS = 0.2
 
@@ -65,8 +70,34 @@ def replica_name() -> str:
     return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
+class RequestIds:
+    """ASGI middleware: a request id per HTTP request (the caller's X-Request-ID when it is sane)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        rid = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+        token = logs.request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("X-Request-ID", rid)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            logs.request_id.reset(token)
+
+
 def create_app(settings: Settings) -> Starlette:
     replica_id = replica_name()
+    logs.replica["id"] = replica_id
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -77,6 +108,7 @@ def create_app(settings: Settings) -> Starlette:
             settings=settings,
             auth=Authenticator(settings),
             rooms=Rooms(redis_client, settings),
+            quotas=Quotas(redis_client, settings),
             bus=bus,
             hub=hub,
             replica_id=replica_id,
@@ -103,12 +135,14 @@ def create_app(settings: Settings) -> Starlette:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
+                await services.rooms.aclose()
+            with contextlib.suppress(Exception):
                 await bus.aclose()
             with contextlib.suppress(Exception):
                 await redis_client.aclose()
             logger.info("replica %s stopped", replica_id)
 
-    middleware = []
+    middleware = [Middleware(RequestIds)]
     origins = cors_origins(settings)
     if origins:
         middleware.append(
@@ -176,6 +210,9 @@ async def _refresh_presence(services: Services) -> None:
                 )
             except Unavailable:
                 break  # Redis is away; the bus reports it, and the next round retries
+            except RelayError as refusal:
+                # Removed, room closed, or its presence expired while Redis was away and the room filled up.
+                connection.kick(refusal)
 
 
 async def _relay_error(request: Request, exc: Exception) -> Response:
@@ -189,7 +226,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     body: dict[str, Any] = {
         "status": "error",
         "code": codes.get(exc.status_code, "http_error"),
-        "message": exc.detail if exc.status_code != 404 else f"no endpoint {request.url.path}",
+        # The path is not echoed: it may hold whatever a client put there, tokens included.
+        "message": exc.detail if exc.status_code != 404 else "no such endpoint: see README for the API",
     }
     return api.JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

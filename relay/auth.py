@@ -29,6 +29,7 @@ LEEWAY_SECONDS = 5
 JWKS_MAX_AGE_SECONDS = 600.0
 # Supabase API keys are JWTs too; they carry one of these roles and must never act as a user.
 API_KEY_ROLES = frozenset({"anon", "service_role"})
+MAX_SUB_CHARS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,9 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub.strip():
             raise Unauthorized("token has an empty 'sub' claim")
+        if len(sub) > MAX_SUB_CHARS or not sub.isprintable():
+            # Cut or odd ids could collide with another user's; Supabase's are 36-character UUIDs.
+            raise Unauthorized(f"token 'sub' must be at most {MAX_SUB_CHARS} printable characters")
         if claims.get("role") in API_KEY_ROLES:
             raise Unauthorized("Supabase anon / service_role keys are not user tokens")
         metadata = claims.get("user_metadata")
@@ -183,7 +187,7 @@ class Authenticator:
         )
         is_interviewer = self._interviewer_claim is not None and self._interviewer_claim.matches(claims)
         return Identity(
-            user_id=sub[:128],
+            user_id=sub,
             user_name=name,
             email=email,
             is_interviewer=is_interviewer,

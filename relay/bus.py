@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from relay import metrics
 from relay.errors import Unavailable
 
 logger = logging.getLogger("relay.bus")
@@ -91,6 +92,7 @@ class Bus:
     async def events(self) -> AsyncIterator[BusEvent]:
         """Messages of every subscribed channel, for as long as the process lives."""
         backoff = BACKOFF_FIRST
+        ever_connected = False
         while True:
             try:
                 await self._pubsub.connect()  # type: ignore[no-untyped-call]
@@ -98,6 +100,10 @@ class Bus:
                     self.has_redis = True
                     self._last_pong = asyncio.get_running_loop().time()
                     logger.info("pub/sub connected (%d channels)", len(self._pubsub.channels))
+                    metrics.REDIS_UP.set(1)
+                    if ever_connected:
+                        metrics.REDIS_RECONNECTS.inc()
+                    ever_connected = True
                     yield Reconnected()
                 backoff = BACKOFF_FIRST
                 async for event in self._read():
@@ -106,6 +112,8 @@ class Bus:
                 if self.has_redis:
                     self.has_redis = False
                     logger.warning("pub/sub connection lost: %s", exc or type(exc).__name__)
+                    metrics.REDIS_UP.set(0)
+                    metrics.REDIS_ERRORS.inc()
                     yield Disconnected(str(exc) or type(exc).__name__)
                 await self._drop_connection()
                 delay = random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not security

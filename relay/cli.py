@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from relay.config import DEV_JWT_SECRET, ConfigError, Settings
@@ -75,6 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"relay: configuration error: {error}", file=sys.stderr)
         return 2
+
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker writes its metrics here and /metrics (answered by any one worker) adds them up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relay-metrics-")
 
     import uvicorn
 

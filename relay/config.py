@@ -93,6 +93,14 @@ class Settings:
     redis_link_timeout: float = 10.0
 
     # Connections and limits
+    rate_per_second: float = 30.0
+    rate_burst: int = 100
+    max_connections_per_user: int = 5
+    max_connections_per_room: int = 50
+    max_members: int = 10
+    create_limit: int = 20
+    join_failure_limit: int = 20
+    token_expiry_warning: int = 60
     send_queue_frames: int = 256
     max_frame_bytes: int = 256 * 1024
     max_document_bytes: int = 200 * 1024
@@ -142,8 +150,8 @@ class Settings:
             jwt_secret = DEV_JWT_SECRET
         claim_text = reader.text("RELAY_INTERVIEWER_CLAIM")
         settings = cls(
-            host=reader.text("HOST") or reader.text("RELAY_HOST") or cls.host,
-            port=reader.integer("PORT", cls.port, minimum=1, maximum=65535, alias="RELAY_PORT"),
+            host=reader.text("HOST") or cls.host,
+            port=reader.integer("PORT", cls.port, minimum=1, maximum=65535),
             workers=reader.integer("RELAY_WORKERS", cls.workers, minimum=1, maximum=64),
             log_level=reader.choice("RELAY_LOG_LEVEL", cls.log_level, _LOG_LEVELS),
             log_format=reader.choice("RELAY_LOG_FORMAT", cls.log_format, {"json", "text", "auto"}),
@@ -167,6 +175,20 @@ class Settings:
             history_max_age=reader.integer("RELAY_HISTORY_MAX_AGE", cls.history_max_age, minimum=1),
             presence_ttl=reader.integer("RELAY_PRESENCE_TTL", cls.presence_ttl, minimum=3),
             redis_link_timeout=reader.number("RELAY_REDIS_LINK_TIMEOUT", cls.redis_link_timeout, minimum=1),
+            rate_per_second=reader.number("RELAY_RATE_PER_SECOND", cls.rate_per_second, minimum=0.1),
+            rate_burst=reader.integer("RELAY_RATE_BURST", cls.rate_burst, minimum=1),
+            max_connections_per_user=reader.integer(
+                "RELAY_MAX_CONNECTIONS_PER_USER", cls.max_connections_per_user, minimum=1
+            ),
+            max_connections_per_room=reader.integer(
+                "RELAY_MAX_CONNECTIONS_PER_ROOM", cls.max_connections_per_room, minimum=1
+            ),
+            max_members=reader.integer("RELAY_MAX_MEMBERS", cls.max_members, minimum=2),
+            create_limit=reader.integer("RELAY_CREATE_LIMIT", cls.create_limit, minimum=1),
+            join_failure_limit=reader.integer("RELAY_JOIN_FAILURE_LIMIT", cls.join_failure_limit, minimum=1),
+            token_expiry_warning=reader.integer(
+                "RELAY_TOKEN_EXPIRY_WARNING", cls.token_expiry_warning, minimum=0
+            ),
             send_queue_frames=reader.integer("RELAY_SEND_QUEUE", cls.send_queue_frames, minimum=1),
             max_frame_bytes=reader.integer("RELAY_MAX_FRAME_BYTES", cls.max_frame_bytes, minimum=1024),
             max_document_bytes=reader.integer(
@@ -252,11 +274,8 @@ class _Reader:
         *,
         minimum: int | None = None,
         maximum: int | None = None,
-        alias: str | None = None,
     ) -> int:
         value = self._env.get(name)
-        if (value is None or not value.strip()) and alias is not None:
-            name, value = alias, self._env.get(alias)
         if value is None or not value.strip():
             return default
         try:

@@ -65,6 +65,12 @@ class RoomNotFound(RelayError):
     close_code = 4404
 
 
+class MemberNotFound(RelayError):
+    code = "member_not_found"
+    http_status = 404
+    close_code = 4404
+
+
 class RoomClosed(RelayError):
     code = "room_closed"
     http_status = 410
@@ -81,6 +87,20 @@ class RateLimited(RelayError):
     code = "rate_limited"
     http_status = 429
     close_code = 4429
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RoomFull(RelayError):
+    code = "room_full"
+    http_status = 409
+    close_code = 4409
+
+
+class MemberRemoved(Forbidden):
+    code = "member_removed"
 
 
 class ResumeInvalid(RelayError):

@@ -15,13 +15,17 @@ import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from relay import metrics
 from relay.auth import Identity
 from relay.bus import Bus, Disconnected, Message, Reconnected
 from relay.errors import RelayError, SlowConsumer
-from relay.protocol import Envelope, encode
+from relay.protocol import Envelope, encode, now_ms
 from relay.rooms import RoomKeys, code_of_channel
 
 logger = logging.getLogger("relay.hub")
+
+_SENT_DURABLE = metrics.FRAMES_SENT.labels("durable")
+_SENT_VOLATILE = metrics.FRAMES_SENT.labels("volatile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class Delivery:
     origin: str = ""
     msg_id: str | None = None
     closes_room: bool = False
+    removes_user: str | None = None  # deliver, then close this user's sockets
     resync: bool = False  # "check history for anything missed" after Redis came back
 
 
@@ -58,6 +63,8 @@ class Connection:
     closing: RelayError | None = None
     queue: asyncio.Queue[Delivery] = field(init=False)
     kicked: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    # Set when the client sent a fresh token, so the expiry watchdog re-reads identity.expires_at.
+    token_refreshed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.queue_size)
@@ -70,6 +77,7 @@ class Connection:
             self.queue.put_nowait(delivery)
         except asyncio.QueueFull:
             logger.warning("slow consumer dropped: connection %s in room %s", self.id, self.room_code)
+            metrics.SLOW_CONSUMERS.inc()
             self.kick(SlowConsumer(f"you fell {self.queue_size} frames behind; reconnect to resume"))
 
     def kick(self, reason: RelayError) -> None:
@@ -103,14 +111,17 @@ class Hub:
         async with self._subscription_locks[code]:
             first = not self._rooms.get(code)
             self._rooms[code].add(connection)
+            metrics.CONNECTIONS.inc()
             if first:
                 try:
                     await self._bus.subscribe(RoomKeys.of(code).channel)
                 except BaseException:
                     self._rooms[code].discard(connection)
+                    metrics.CONNECTIONS.dec()
                     if not self._rooms[code]:
                         del self._rooms[code]
                     raise
+                metrics.ROOMS.inc()
 
     async def remove(self, connection: Connection) -> None:
         code = connection.room_code
@@ -119,8 +130,10 @@ class Hub:
             if connections is None or connection not in connections:
                 return
             connections.discard(connection)
+            metrics.CONNECTIONS.dec()
             if not connections:
                 del self._rooms[code]
+                metrics.ROOMS.dec()
                 await self._bus.unsubscribe(RoomKeys.of(code).channel)
         if not self._subscription_locks[code].locked() and code not in self._rooms:
             self._subscription_locks.pop(code, None)
@@ -156,12 +169,18 @@ class Hub:
             origin=envelope.origin,
             msg_id=envelope.msg_id,
             closes_room=envelope.closes_room,
+            removes_user=envelope.removes_member,
         )
+        if envelope.ts:
+            metrics.DELIVERY_LATENCY.observe(max(0, now_ms() - envelope.ts) / 1000)
+        sent = 0
         for connection in tuple(connections):
             # The sender's own socket gets an ack for a durable event, nothing for a volatile one.
             if delivery.seq == 0 and connection.id == delivery.origin:
                 continue
             connection.offer(delivery)
+            sent += 1
+        (_SENT_DURABLE if delivery.seq else _SENT_VOLATILE).inc(sent)
 
     def broadcast(self, frame: bytes) -> None:
         """One volatile frame to every local connection (replica-wide notices)."""

@@ -4,11 +4,13 @@ Client frames are JSON text objects with a `type`; `parse_client_frame` validate
 (types, sizes) so the layers above only ever see well-formed values. Server frames are encoded once
 with orjson and the same bytes go to every socket.
 
-Envelope (a pub/sub message, also what the room's stream keeps):
-    kind "|" origin "|" seq "|" msg_id "|" frame
-kind is `e` (an event to deliver) or `c` (deliver, then close the room's sockets); origin is the id of
+Envelope (a pub/sub message):
+    kind "|" origin "|" seq "|" msg_id "|" ts "|" frame
+kind is `e` (an event to deliver), `c` (deliver, then close the room's sockets) or `r` (deliver, then
+close the sockets of the user named in the frame's `user_id`); origin is the id of
 the connection that caused it (`-` for none); seq is the room sequence number (0 for volatile events
-such as cursors and presence); msg_id is the sender's optional `client_msg_id` (empty for none).
+such as cursors and presence); msg_id is the sender's optional `client_msg_id` (empty for none); ts is
+when the publishing replica stamped the event (ms since the epoch), for the delivery-latency metric.
 The header is fixed-position so a replica routes a message without parsing its JSON.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -26,7 +28,9 @@ from relay.errors import BadFrame, TooLarge
 EDITOR_UPDATE: Final = "editor_update"
 CURSOR_UPDATE: Final = "cursor_update"
 PING: Final = "ping"
-CLIENT_TYPES: Final = (EDITOR_UPDATE, CURSOR_UPDATE, PING)
+REFRESH_TOKEN: Final = "refresh_token"  # noqa: S105 - a frame type, not a secret
+CLIENT_TYPES: Final = (EDITOR_UPDATE, CURSOR_UPDATE, PING, REFRESH_TOKEN)
+MAX_TOKEN_CHARS: Final = 8192
 
 # A cursor is a handful of numbers (Monaco: lineNumber/column, maybe a selection); 1 KiB is generous.
 MAX_CURSOR_BYTES: Final = 1024
@@ -34,6 +38,7 @@ CLIENT_MSG_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 KIND_EVENT: Final = "e"
 KIND_CLOSE: Final = "c"
+KIND_REMOVE: Final = "r"
 NO_ORIGIN: Final = "-"
 
 
@@ -54,7 +59,12 @@ class Ping:
     pass
 
 
-ClientFrame = EditorUpdate | CursorUpdate | Ping
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    token: str = field(repr=False)
+
+
+ClientFrame = EditorUpdate | CursorUpdate | Ping | RefreshToken
 
 
 def parse_client_frame(text: str, *, max_document_bytes: int) -> ClientFrame:
@@ -82,6 +92,11 @@ def parse_client_frame(text: str, *, max_document_bytes: int) -> ClientFrame:
         return CursorUpdate(cursor_position=_cursor(data.get("cursor_position"), required=True))
     if kind == PING:
         return Ping()
+    if kind == REFRESH_TOKEN:
+        token = data.get("token")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+            raise BadFrame(f"refresh_token needs 'token' as a non-empty string of at most {MAX_TOKEN_CHARS}")
+        return RefreshToken(token)
     if not isinstance(kind, str):
         raise BadFrame(f"frame needs a string 'type' (one of {', '.join(CLIENT_TYPES)})")
     raise BadFrame(f"unknown frame type {kind[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}")
@@ -170,25 +185,35 @@ class Envelope:
     origin: str
     seq: int
     msg_id: str | None
+    ts: int
     frame: bytes
 
     @property
     def closes_room(self) -> bool:
         return self.kind == KIND_CLOSE
 
+    @property
+    def removes_member(self) -> str | None:
+        """The user id a `r` envelope removes (parsed only for this rare kind)."""
+        if self.kind != KIND_REMOVE:
+            return None
+        user_id = orjson.loads(self.frame).get("user_id")
+        return user_id if isinstance(user_id, str) else None
+
     def pack(self) -> bytes:
-        return b"%s|%s|%d|%s|%s" % (
+        return b"%s|%s|%d|%s|%d|%s" % (
             self.kind.encode(),
             self.origin.encode(),
             self.seq,
             (self.msg_id or "").encode(),
+            self.ts,
             self.frame,
         )
 
     @classmethod
     def unpack(cls, data: bytes) -> Envelope:
         """Raises ValueError on anything that is not an envelope (the bus logs and drops it)."""
-        kind, origin, seq, msg_id, frame = data.split(b"|", 4)
-        if kind not in (b"e", b"c"):
+        kind, origin, seq, msg_id, ts, frame = data.split(b"|", 5)
+        if kind not in (b"e", b"c", b"r"):
             raise ValueError(f"unknown envelope kind {kind[:10]!r}")
-        return cls(kind.decode(), origin.decode(), int(seq), msg_id.decode() or None, frame)
+        return cls(kind.decode(), origin.decode(), int(seq), msg_id.decode() or None, int(ts), frame)

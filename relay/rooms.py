@@ -8,6 +8,7 @@ Every key of a room carries the code in a hash tag, so one room lives in one Red
     relay:{CODE}:presence   zset    "user_id<TAB>connection_id" scored by expiry (ms since epoch)
     relay:{CODE}:events     stream  recent durable events: seq, origin, msg, frame
     relay:{CODE}:acks       hash    user_id -> "<client_msg_id> <seq>" of the user's last accepted edit
+    relay:{CODE}:removed    set     user_ids an interviewer removed: they cannot join again
     relay:{CODE}:pubsub     channel envelopes (see protocol.py) for every replica with sockets in the room
 
 Each change is one Lua script: it checks the room, writes, appends to the stream, PUBLISHes and
@@ -17,29 +18,42 @@ number is what makes the channel's order the sequence order on every replica.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
-import redis.exceptions
+from redis.commands.core import AsyncScript
 
 from relay.auth import Identity
 from relay.config import Settings
-from relay.errors import BadRequest, NotMember, RoomClosed, RoomNotFound, Unavailable
+from relay.errors import (
+    BadRequest,
+    MemberNotFound,
+    MemberRemoved,
+    NotMember,
+    RateLimited,
+    RoomClosed,
+    RoomFull,
+    RoomNotFound,
+    Unavailable,
+)
+from relay.pipeline import ScriptPipeline
 from relay.protocol import (
+    KIND_CLOSE,
     KIND_EVENT,
+    KIND_REMOVE,
+    NO_ORIGIN,
     EditorUpdate,
     Envelope,
     encode,
     frame_tail,
     now_ms,
 )
+from relay.redis_errors import redis_unavailable_is_503
 
 logger = logging.getLogger("relay.rooms")
 
@@ -58,7 +72,8 @@ def normalize_code(raw: object) -> str:
     """The canonical room code, or BadRequest. Runs before any Redis access: user input never picks a key."""
     if not isinstance(raw, str):
         raise BadRequest("room_code must be a string of 6 characters")
-    code = raw.strip().upper()
+    # ASCII first: str.upper() maps some other letters onto ASCII (long s U+017F -> "S", "ß" -> "SS").
+    code = raw.strip().upper() if raw.isascii() else ""
     if not CODE_PATTERN.fullmatch(code):
         raise BadRequest(
             f"room_code must be {CODE_LENGTH} characters from {CODE_ALPHABET} (no 0, O, 1, I or L)"
@@ -78,6 +93,7 @@ class RoomKeys:
     presence: str
     events: str
     acks: str
+    removed: str
     channel: str
 
     @classmethod
@@ -90,13 +106,14 @@ class RoomKeys:
             presence=f"{prefix}:presence",
             events=f"{prefix}:events",
             acks=f"{prefix}:acks",
+            removed=f"{prefix}:removed",
             channel=f"{prefix}:pubsub",
         )
 
     @property
     def all(self) -> list[str]:
-        """The keys every script receives, in the order the Lua below names them (KEYS[1..6])."""
-        return [self.room, self.members, self.cursors, self.presence, self.events, self.acks]
+        """The keys every script receives, in the order the Lua below names them (KEYS[1..7])."""
+        return [self.room, self.members, self.cursors, self.presence, self.events, self.acks, self.removed]
 
 
 def code_of_channel(channel: bytes | str) -> str:
@@ -170,8 +187,8 @@ class Snapshot:
 
 
 # --- Lua ----------------------------------------------------------------------------------------
-# KEYS[1] room, KEYS[2] members, KEYS[3] cursors, KEYS[4] presence, KEYS[5] events, KEYS[6] acks
-# (RoomKeys.all).
+# KEYS[1] room, KEYS[2] members, KEYS[3] cursors, KEYS[4] presence, KEYS[5] events, KEYS[6] acks,
+# KEYS[7] removed (RoomKeys.all).
 
 _LUA_PRELUDE = r"""
 local function touch(ttl)
@@ -196,7 +213,7 @@ local function sweep(now, channel)
   for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do gone[user_of(entry)] = nil end
   for uid, _ in pairs(gone) do
     local frame = cjson.encode({type = 'member_left', user_id = uid, ts = tonumber(now)})
-    redis.call('PUBLISH', channel, 'e|-|0||' .. frame)
+    redis.call('PUBLISH', channel, 'e|-|0||' .. now .. '|' .. frame)
   end
 end
 -- Durable events after `after`, oldest first, as {seq, origin, msg, frame, ...};
@@ -232,12 +249,14 @@ return 1
 """
 
 _JOIN = r"""
--- ARGV: user_id, member_json, ttl
+-- ARGV: user_id, member_json, ttl, max_members
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status ~= 'open' then return {'closed'} end
+if redis.call('SISMEMBER', KEYS[7], ARGV[1]) == 1 then return {'removed'} end
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then return {'existing', existing} end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return {'full'} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 touch(ARGV[3])
 return {'joined', ARGV[2]}
@@ -249,7 +268,10 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status ~= 'open' then return {'closed'} end
 local member = redis.call('HGET', KEYS[2], ARGV[1])
-if not member then return {'not_member'} end
+if not member then
+  if redis.call('SISMEMBER', KEYS[7], ARGV[1]) == 1 then return {'removed'} end
+  return {'not_member'}
+end
 return {'ok', member}
 """
 
@@ -275,7 +297,8 @@ local frame = '{"seq":' .. seq .. ',' .. ARGV[4]
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
   'seq', seq, 'origin', ARGV[5], 'msg', ARGV[6], 'frame', frame)
 redis.call('XTRIM', KEYS[5], 'MINID', '~', ARGV[10])
-redis.call('PUBLISH', ARGV[11], 'e|' .. ARGV[5] .. '|' .. seq .. '|' .. ARGV[6] .. '|' .. frame)
+local envelope = 'e|' .. ARGV[5] .. '|' .. seq .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. frame
+redis.call('PUBLISH', ARGV[11], envelope)
 touch(ARGV[8])
 return {'ok', seq}
 """
@@ -289,15 +312,44 @@ return 1
 """
 
 _PRESENCE_ADD = r"""
--- ARGV: entry, expires_ms, now_ms, user_id, channel, joined_envelope, ttl
+-- ARGV: entry, expires_ms, now_ms, user_id, channel, joined_envelope, ttl, max_per_user, max_per_room
+-- Returns 1 (user arrived), 0 (refreshed / another tab), -1 room not open, -2 too many connections of
+-- this user, -3 too many connections in the room, -4 no longer a member.
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return -1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 then return -4 end
 sweep(ARGV[3], ARGV[5])
+if not redis.call('ZSCORE', KEYS[4], ARGV[1]) then
+  local entries = redis.call('ZRANGE', KEYS[4], 0, -1)
+  local mine = 0
+  for _, entry in ipairs(entries) do
+    if user_of(entry) == ARGV[4] then mine = mine + 1 end
+  end
+  if mine >= tonumber(ARGV[8]) then return -2 end
+  if #entries >= tonumber(ARGV[9]) then return -3 end
+end
 local was_present = user_present(ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 if not was_present then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 touch(ARGV[7])
 if was_present then return 0 end
 return 1
+"""
+
+_REMOVE_MEMBER = r"""
+-- ARGV: user_id, removed_envelope, channel, ttl. The user's sockets are told and closed by their replicas.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status ~= 'open' then return 'closed' end
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 'not_found' end
+redis.call('SADD', KEYS[7], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
+for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  if user_of(entry) == ARGV[1] then redis.call('ZREM', KEYS[4], entry) end
+end
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+touch(ARGV[4])
+return 'ok'
 """
 
 _PRESENCE_REMOVE = r"""
@@ -321,8 +373,8 @@ redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', ARGV[1], 'updated_a
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local frame = '{"seq":' .. seq .. ',' .. ARGV[2]
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'seq', seq, 'origin', '-', 'msg', '', 'frame', frame)
-redis.call('PUBLISH', ARGV[3], 'c|-|' .. seq .. '||' .. frame)
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[6])
+redis.call('PUBLISH', ARGV[3], 'c|-|' .. seq .. '||' .. ARGV[1] .. '|' .. frame)
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[6], KEYS[7])
 touch(ARGV[4])
 return {'ok', seq}
 """
@@ -347,31 +399,6 @@ return missed
 """
 
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _redis_errors_are_unavailable(
-    method: Callable[P, Coroutine[Any, Any, T]],
-) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Redis being down is the client's 503 / close 1013 ("try again"), never a traceback."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            logger.warning("redis unavailable during %s: %s", method.__name__, exc)
-            raise Unavailable("room storage is unavailable; retry shortly") from None
-        except redis.exceptions.ResponseError as exc:
-            if "OOM" in str(exc) or "READONLY" in str(exc) or "LOADING" in str(exc):
-                logger.warning("redis refused a write during %s: %s", method.__name__, exc)
-                raise Unavailable("room storage refused the write; retry shortly") from None
-            raise
-
-    return wrapper
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -380,13 +407,18 @@ def _pairs(flat: list[Any]) -> dict[str, bytes]:
     return {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
 
 
+_CLOSED_FRAME_PREFIX = re.compile(rb'\{"seq":\d+,"type":"room_closed"')
+
+
 def _envelopes(flat: list[Any]) -> list[Envelope]:
+    """History rows (seq, origin, msg, frame) as envelopes; only room_closed is not a plain event."""
     return [
         Envelope(
-            kind=KIND_EVENT if b'"type":"room_closed"' not in flat[i + 3] else "c",
+            kind=KIND_CLOSE if _CLOSED_FRAME_PREFIX.match(flat[i + 3]) else KIND_EVENT,
             origin=_text(flat[i + 1]),
             seq=int(flat[i]),
             msg_id=_text(flat[i + 2]) or None,
+            ts=0,  # replayed from history: not a live delivery, no latency to measure
             frame=flat[i + 3],
         )
         for i in range(0, len(flat), 4)
@@ -400,7 +432,9 @@ class Rooms:
         self._redis = redis_client
         self._settings = settings
 
-        def script(body: str) -> Callable[..., Awaitable[Any]]:
+        self._pipeline = ScriptPipeline(redis_client)
+
+        def script(body: str) -> AsyncScript:
             return redis_client.register_script(_LUA_PRELUDE + body)
 
         self._create = script(_CREATE)
@@ -410,19 +444,20 @@ class Rooms:
         self._cursor = script(_CURSOR)
         self._presence_add = script(_PRESENCE_ADD)
         self._presence_remove = script(_PRESENCE_REMOVE)
+        self._remove_member = script(_REMOVE_MEMBER)
         self._close = script(_CLOSE)
         self._snapshot = script(_SNAPSHOT)
         self._events_after = script(_EVENTS_AFTER)
 
     # --- REST ------------------------------------------------------------------------------------
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def create(self, identity: Identity, *, title: str = "", language: str = "") -> RoomInfo:
         now = now_ms()
         member = Member(identity.user_id, INTERVIEWER, identity.user_name, now)
         for _ in range(CREATE_ATTEMPTS):
             code = new_code()
-            created = await self._create(
+            created = await self._run(self._create,
                 keys=RoomKeys.of(code).all,
                 args=[identity.user_id, member.dump(), now, self._settings.room_ttl, title, language],
             )
@@ -430,36 +465,36 @@ class Rooms:
                 return RoomInfo(code, "open", now, identity.user_id, 0, title, language, [member], set())
         raise Unavailable("could not find a free room code; retry")
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def join(self, code: str, identity: Identity) -> tuple[Member, bool]:
         """The caller's membership and whether it is new. Joining twice keeps the first role."""
         role = INTERVIEWER if identity.is_interviewer else CANDIDATE
         member = Member(identity.user_id, role, identity.user_name, now_ms())
-        result = await self._join(
+        result = await self._run(self._join,
             keys=RoomKeys.of(code).all,
-            args=[identity.user_id, member.dump(), self._settings.room_ttl],
+            args=[identity.user_id, member.dump(), self._settings.room_ttl, self._settings.max_members],
         )
         outcome = _text(result[0])
         self._raise_for(outcome, code)
         return Member.load(identity.user_id, result[1]), outcome == "joined"
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def member(self, code: str, user_id: str) -> Member:
         """The user's membership of an open room, or the reason there is none."""
-        result = await self._member(keys=RoomKeys.of(code).all, args=[user_id])
+        result = await self._run(self._member, keys=RoomKeys.of(code).all, args=[user_id])
         self._raise_for(_text(result[0]), code)
         return Member.load(user_id, result[1])
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def info(self, code: str) -> RoomInfo:
         snapshot = await self._read_snapshot(code, None)
         return snapshot.info
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def close(self, code: str) -> int:
         tail = frame_tail({"type": "room_closed", "room_code": code, "reason": "closed by the interviewer",
                            "ts": now_ms()})
-        result = await self._close(
+        result = await self._run(self._close,
             keys=RoomKeys.of(code).all,
             args=[now_ms(), tail, RoomKeys.of(code).channel, self._settings.closed_room_ttl,
                   self._settings.history_max_events],
@@ -472,7 +507,7 @@ class Rooms:
 
     # --- events ----------------------------------------------------------------------------------
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def append_edit(
         self, code: str, identity: Identity, edit: EditorUpdate, origin: str
     ) -> tuple[int, bool]:
@@ -492,7 +527,7 @@ class Rooms:
         )
         keys = RoomKeys.of(code)
         cursor = b"" if edit.cursor_position is None else orjson.dumps(edit.cursor_position)
-        result = await self._edit(
+        result = await self._run(self._edit,
             keys=keys.all,
             args=[
                 identity.user_id, edit.content, cursor, tail, origin, edit.client_msg_id or "", now,
@@ -504,7 +539,7 @@ class Rooms:
         self._raise_for(outcome, code)
         return int(result[1]), outcome == "duplicate"
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def publish_cursor(self, code: str, identity: Identity, cursor_position: Any, origin: str) -> None:
         frame = encode(
             {
@@ -516,58 +551,102 @@ class Rooms:
             }
         )
         keys = RoomKeys.of(code)
-        envelope = Envelope(KIND_EVENT, origin, 0, None, frame).pack()
-        await self._cursor(keys=keys.all, args=[identity.user_id, orjson.dumps(cursor_position), envelope,
-                                                 keys.channel])
+        envelope = Envelope(KIND_EVENT, origin, 0, None, now_ms(), frame).pack()
+        await self._run(
+            self._cursor, keys=keys.all,
+            args=[identity.user_id, orjson.dumps(cursor_position), envelope, keys.channel],
+        )
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def presence_add(self, code: str, identity: Identity, role: str, connection_id: str) -> bool:
-        """Mark a connection present (until refreshed again); True when the user just arrived."""
+        """Mark a connection present (until refreshed again); True when the user just arrived.
+
+        Raises when the connection may not be there: room closed, member removed, or a limit reached.
+        """
         now = now_ms()
         keys = RoomKeys.of(code)
         joined = encode({"type": "member_joined", "user_id": identity.user_id,
                          "user_name": identity.user_name, "role": role, "ts": now})
-        result = await self._presence_add(
+        result = await self._run(self._presence_add,
             keys=keys.all,
             args=[
                 f"{identity.user_id}\t{connection_id}", now + self._settings.presence_ttl * 1000, now,
-                identity.user_id, keys.channel, Envelope(KIND_EVENT, connection_id, 0, None, joined).pack(),
-                self._settings.room_ttl,
+                identity.user_id, keys.channel,
+                Envelope(KIND_EVENT, connection_id, 0, None, now, joined).pack(),
+                self._settings.room_ttl, self._settings.max_connections_per_user,
+                self._settings.max_connections_per_room,
             ],
         )
-        return int(result) == 1
+        outcome = int(result)
+        if outcome == -1:
+            raise RoomClosed(f"room {code} has been closed by its interviewer")
+        if outcome == -2:
+            raise RateLimited(
+                f"you already have {self._settings.max_connections_per_user} connections to room {code}; "
+                "close a tab"
+            )
+        if outcome == -3:
+            limit = self._settings.max_connections_per_room
+            raise RateLimited(f"room {code} already has {limit} connections")
+        if outcome == -4:
+            raise NotMember(f"you are no longer a member of room {code}")
+        return outcome == 1
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
+    async def remove_member(self, code: str, user_id: str) -> None:
+        """Remove a member for good: their sockets on every replica are closed, and they cannot rejoin."""
+        keys = RoomKeys.of(code)
+        frame = encode({"type": "member_removed", "user_id": user_id, "ts": now_ms()})
+        outcome = _text(
+            await self._run(self._remove_member,
+                keys=keys.all,
+                args=[
+                    user_id, Envelope(KIND_REMOVE, NO_ORIGIN, 0, None, now_ms(), frame).pack(), keys.channel,
+                    self._settings.room_ttl,
+                ],
+            )
+        )
+        if outcome == "not_found":
+            raise MemberNotFound(f"{user_id[:64]!r} is not a member of room {code}")
+        self._raise_for(outcome, code)
+
+    @redis_unavailable_is_503
     async def presence_remove(self, code: str, user_id: str, connection_id: str) -> None:
         now = now_ms()
         keys = RoomKeys.of(code)
         left = encode({"type": "member_left", "user_id": user_id, "ts": now})
-        await self._presence_remove(
+        await self._run(self._presence_remove,
             keys=keys.all,
             args=[f"{user_id}\t{connection_id}", now, user_id, keys.channel,
-                  Envelope(KIND_EVENT, connection_id, 0, None, left).pack()],
+                  Envelope(KIND_EVENT, connection_id, 0, None, now, left).pack()],
         )
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def snapshot(self, code: str, after_seq: int | None) -> Snapshot:
         return await self._read_snapshot(code, after_seq)
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def events_after(self, code: str, after_seq: int) -> list[Envelope] | str:
         """Durable events after `after_seq`, or "ahead" / "gone" when history cannot answer."""
-        result = await self._events_after(keys=RoomKeys.of(code).all, args=[after_seq])
+        result = await self._run(self._events_after, keys=RoomKeys.of(code).all, args=[after_seq])
         head = _text(result[0])
         return _envelopes(result[1:]) if head == "events" else head
 
-    @_redis_errors_are_unavailable
+    @redis_unavailable_is_503
     async def ping(self) -> None:
         await self._redis.ping()
 
+    async def aclose(self) -> None:
+        await self._pipeline.aclose()
+
     # --- helpers ---------------------------------------------------------------------------------
+
+    async def _run(self, script: AsyncScript, *, keys: list[str], args: list[Any]) -> Any:
+        return await self._pipeline.call(script, keys, args)
 
     async def _read_snapshot(self, code: str, after_seq: int | None) -> Snapshot:
         now = now_ms()
-        result = await self._snapshot(
+        result = await self._run(self._snapshot,
             keys=RoomKeys.of(code).all, args=[now, "" if after_seq is None else after_seq]
         )
         self._raise_for(_text(result[0]), code)
@@ -608,3 +687,7 @@ class Rooms:
             raise RoomClosed(f"room {code} has been closed by its interviewer")
         if outcome == "not_member":
             raise NotMember(f"you are not a member of room {code}: join it first (POST /api/join-room)")
+        if outcome == "removed":
+            raise MemberRemoved(f"an interviewer removed you from room {code}")
+        if outcome == "full":
+            raise RoomFull(f"room {code} is full: it has the most members allowed (RELAY_MAX_MEMBERS)")

@@ -8,6 +8,7 @@ from relay.auth import Authenticator
 from relay.bus import Bus
 from relay.config import Settings
 from relay.hub import Hub
+from relay.limits import Quotas
 from relay.rooms import Rooms
 
 
@@ -16,6 +17,7 @@ class Services:
     settings: Settings
     auth: Authenticator
     rooms: Rooms
+    quotas: Quotas
     bus: Bus
     hub: Hub
     replica_id: str

@@ -16,13 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from relay.errors import BadRequest, InternalError, RelayError, RoomClosed, TooLarge, Unavailable
+from relay import logs, metrics
+from relay.errors import (
+    BadRequest,
+    InternalError,
+    MemberRemoved,
+    RateLimited,
+    RelayError,
+    RoomClosed,
+    TokenExpired,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from relay.hub import Connection, Delivery
+from relay.limits import TokenBucket
 from relay.origins import origin_allowed
 from relay.protocol import (
     PONG_FRAME,
@@ -30,6 +44,7 @@ from relay.protocol import (
     EditorUpdate,
     Envelope,
     Ping,
+    RefreshToken,
     ack_frame,
     encode,
     error_frame,
@@ -40,6 +55,13 @@ from relay.services import Services
 
 logger = logging.getLogger("relay.ws")
 
+_RECEIVED = {
+    kind: metrics.FRAMES_RECEIVED.labels(name)
+    for kind, name in ((EditorUpdate, "editor_update"), (CursorUpdate, "cursor_update"), (Ping, "ping"),
+                       (RefreshToken, "refresh_token"))
+}
+
+CLOSE_TIMEOUT_SECONDS = 5.0
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 for the code
 
 
@@ -86,6 +108,8 @@ async def _open(websocket: WebSocket, services: Services) -> tuple[Connection, S
     identity = await services.auth.authenticate(_token(websocket))
     member = await services.rooms.member(code, identity.user_id)
     connection = Connection(code, identity, member.role, services.settings.send_queue_frames)
+    logs.connection_id.set(connection.id)
+    logs.room_code.set(code)
     # Subscribe before reading the snapshot so no event falls between the two; the writer drops
     # what the snapshot already covers.
     await services.hub.add(connection)
@@ -160,16 +184,20 @@ async def _send_initial_state(websocket: WebSocket, connection: Connection, snap
 
 
 async def _serve(websocket: WebSocket, services: Services, connection: Connection) -> None:
-    """Run reader and writer until either ends or the connection is kicked."""
-    reader = asyncio.create_task(_read(websocket, services, connection), name=f"ws-read-{connection.id}")
-    writer = asyncio.create_task(_write(websocket, services, connection), name=f"ws-write-{connection.id}")
+    """Run reader, writer and token watchdog until one ends or the connection is kicked."""
     kicked: asyncio.Task[Any] = asyncio.create_task(connection.kicked.wait(), name=f"ws-kick-{connection.id}")
+    tasks = {
+        asyncio.create_task(_read(websocket, services, connection), name=f"ws-read-{connection.id}"),
+        asyncio.create_task(_write(websocket, services, connection), name=f"ws-write-{connection.id}"),
+        asyncio.create_task(_watch_token(services, connection), name=f"ws-token-{connection.id}"),
+        kicked,
+    }
     try:
-        done, _ = await asyncio.wait({reader, writer, kicked}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (reader, writer, kicked):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(reader, writer, kicked, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
         if task is not kicked and not task.cancelled() and task.exception() is not None:
             error = task.exception()
@@ -181,12 +209,18 @@ async def _serve(websocket: WebSocket, services: Services, connection: Connectio
 async def _read(websocket: WebSocket, services: Services, connection: Connection) -> None:
     settings = services.settings
     rooms = services.rooms
+    bucket = TokenBucket(settings.rate_per_second, settings.rate_burst)
+    flood = _FloodWatch(limit=settings.rate_burst)
+    last_rate_notice = 0.0
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")
         if text is None:
+            if not bucket.take() and flood.dropped():
+                connection.kick(RateLimited("too many frames; slow down"))
+                return
             connection.offer(_error("bad_frame", "binary frames are not supported: send JSON text frames"))
             continue
         if len(text) > settings.max_frame_bytes:
@@ -195,8 +229,24 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
         try:
             frame = parse_client_frame(text, max_document_bytes=settings.max_document_bytes)
         except RelayError as error:
-            connection.offer(_error(error.code, error.message))
+            frame = None
+            refusal = error
+        if not bucket.take():
+            if flood.dropped():
+                connection.kick(RateLimited("kept sending faster than the rate limit"))
+                return
+            # Every refused edit is answered (its sender must resend it); other refusals at most once a
+            # second, so a flood cannot fill its own send queue with notices.
+            msg_id = frame.client_msg_id if isinstance(frame, EditorUpdate) else None
+            if isinstance(frame, EditorUpdate) or time.monotonic() - last_rate_notice > 1.0:
+                last_rate_notice = time.monotonic()
+                connection.offer(_error("rate_limited", f"more than {settings.rate_per_second:g} frames per "
+                                        "second: dropped", msg_id))
             continue
+        if frame is None:
+            connection.offer(_error(refusal.code, refusal.message))
+            continue
+        _RECEIVED[type(frame)].inc()
         if isinstance(frame, EditorUpdate):
             try:
                 seq, duplicate = await rooms.append_edit(
@@ -225,6 +275,63 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                 connection.offer(_error(error.code, error.message))
         elif isinstance(frame, Ping):
             connection.offer(Delivery(seq=0, text=PONG_FRAME.decode()))
+        elif isinstance(frame, RefreshToken):
+            try:
+                identity = await services.auth.authenticate(frame.token)
+            except Unavailable as error:
+                connection.offer(_error(error.code, error.message))
+                continue
+            except RelayError as error:
+                connection.kick(error)
+                return
+            if identity.user_id != connection.identity.user_id:
+                connection.kick(Unauthorized("refresh_token must be a token of the same user"))
+                return
+            connection.identity = identity
+            connection.token_refreshed.set()
+            refreshed = {"type": "token_refreshed", "expires_at": int(identity.expires_at)}
+            connection.offer(Delivery(seq=0, text=encode(refreshed).decode()))
+
+
+class _FloodWatch:
+    """Counts frames dropped by the rate limit; too many within a window means a flood, not typing."""
+
+    WINDOW_SECONDS = 10.0
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._count = 0
+        self._window_start = time.monotonic()
+
+    def dropped(self) -> bool:
+        """Count one dropped frame; True when the connection should be closed."""
+        now = time.monotonic()
+        if now - self._window_start > self.WINDOW_SECONDS:
+            self._window_start, self._count = now, 0
+        self._count += 1
+        return self._count > self._limit
+
+
+async def _watch_token(services: Services, connection: Connection) -> None:
+    """Warn before the token expires and close at expiry, unless the client sent a fresh one."""
+    warning = services.settings.token_expiry_warning
+    warned_for: float | None = None
+    while True:
+        connection.token_refreshed.clear()
+        expires_at = connection.identity.expires_at
+        remaining = expires_at - time.time()
+        if remaining <= 0:
+            connection.kick(TokenExpired("token expired: send a refresh_token frame before it does"))
+            return
+        until_warning = remaining - warning
+        if until_warning <= 0 and warned_for != expires_at:
+            warned_for = expires_at
+            frame = {"type": "token_expiring", "expires_at": int(expires_at),
+                     "message": "send {\"type\": \"refresh_token\", \"token\": ...} to stay connected"}
+            connection.offer(Delivery(seq=0, text=encode(frame).decode()))
+        sleep_for = until_warning if until_warning > 0 else remaining
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connection.token_refreshed.wait(), sleep_for)
 
 
 async def _write(websocket: WebSocket, services: Services, connection: Connection) -> None:
@@ -243,6 +350,9 @@ async def _write(websocket: WebSocket, services: Services, connection: Connectio
             await _send_durable(websocket, connection, delivery)
         elif delivery.text is not None:
             await websocket.send_text(delivery.text)
+            if delivery.removes_user is not None and delivery.removes_user == connection.identity.user_id:
+                connection.kick(MemberRemoved(f"an interviewer removed you from room {connection.room_code}"))
+                return
 
 
 async def _send_durable(websocket: WebSocket, connection: Connection, delivery: Delivery) -> None:
@@ -293,6 +403,7 @@ def _delivery(envelope: Envelope) -> Delivery:
 
 
 def _error(code: str, message: str, client_msg_id: str | None = None) -> Delivery:
+    metrics.REFUSALS.labels(code).inc()
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if client_msg_id is not None:
         frame["client_msg_id"] = client_msg_id
@@ -300,10 +411,13 @@ def _error(code: str, message: str, client_msg_id: str | None = None) -> Deliver
 
 
 async def _close(websocket: WebSocket, error: RelayError) -> None:
+    metrics.REFUSALS.labels(error.code).inc()
     reason = error.message.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
     if websocket.application_state == WebSocketState.DISCONNECTED:
         return
-    with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
-        if error.close_code >= 4000 or error.close_code in (1008, 1009, 1011, 1012, 1013):
-            await websocket.send_text(error_frame(error.code, error.message).decode())
-        await websocket.close(code=error.close_code, reason=reason)
+    # A client that stopped reading may never take the close frame: do not wait for it forever.
+    with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect, TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+            if not isinstance(error, RoomClosed | MemberRemoved):  # those already got their own frame
+                await websocket.send_text(error_frame(error.code, error.message).decode())
+            await websocket.close(code=error.close_code, reason=reason)

@@ -111,6 +111,8 @@ class Replica:
             "RELAY_LOG_FORMAT": "json",
             "RELAY_LOG_LEVEL": "info",
             "PYTHONUNBUFFERED": "1",
+            # This checkout's relay, whatever the venv has installed (worktrees share one venv).
+            "PYTHONPATH": str(REPO),
             **env,
         }
         self.env.pop("CI", None)

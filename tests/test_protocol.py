@@ -60,9 +60,9 @@ def test_cursor_and_ping_frames() -> None:
 
 
 def test_envelope_round_trip_and_garbage() -> None:
-    envelope = Envelope("e", "abc123", 7, "m-1", b'{"seq":7,"x":"a|b"}')
+    envelope = Envelope("e", "abc123", 7, "m-1", 1700000000000, b'{"seq":7,"x":"a|b"}')
     assert Envelope.unpack(envelope.pack()) == envelope
-    for garbage in (b"", b"x|y", b"z|-|0||{}", b"e|-|notanumber||{}"):
+    for garbage in (b"", b"x|y", b"z|-|0||0|{}", b"e|-|notanumber||0|{}", b"e|-|0||{}"):
         with pytest.raises(ValueError):
             Envelope.unpack(garbage)
 
