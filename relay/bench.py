@@ -581,6 +581,9 @@ class Servers:
                     argv.append("--ws-per-message-deflate=false")
             else:
                 env["RELAY_DEV_MODE"] = "true"
+                # The workload decides the room size; relay's default member limit (10) must not.
+                env.setdefault("RELAY_MAX_MEMBERS", str(max(10, self.args.members)))
+                env.update(item.split("=", 1) for item in self.args.relay_env)
                 argv = [
                     *shlex.split(self.args.relay_cmd),
                     "serve",
@@ -1106,6 +1109,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=f"{shlex.quote(sys.executable)} -m relay.cli",
         help="command that runs relay's CLI (default: this Python, -m relay.cli)",
     )
+    measure.add_argument(
+        "--relay-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for started relay replicas (repeatable); RELAY_MAX_MEMBERS defaults to --members",
+    )
     measure.add_argument("--redis-server", default="redis-server", help="redis-server binary")
     measure.add_argument(
         "--log-dir", type=Path, default=None, help="keep the started servers' logs here (default: discarded)"
@@ -1132,6 +1142,8 @@ def workload_from(args: argparse.Namespace) -> Workload:
         raise ValueError(f"--rooms and --members must be positive, got {args.rooms} and {args.members}")
     if args.rate <= 0 or args.duration <= 0:
         raise ValueError(f"--rate and --duration must be positive, got {args.rate} and {args.duration}")
+    if any("=" not in item for item in args.relay_env):
+        raise ValueError(f"--relay-env takes KEY=VALUE, got {args.relay_env}")
     if not 0 <= args.editor_ratio <= 1:
         raise ValueError(f"--editor-ratio must be between 0 and 1, got {args.editor_ratio}")
     return Workload(
