@@ -94,6 +94,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=log_config(settings),
         log_level=settings.log_level,
         ws_max_size=settings.max_frame_bytes,
+        # Frames are a few hundred bytes to a few KB: compression state would double the memory of every
+        # connection that offers it (browsers do) for little gain (docs/performance.md).
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
         proxy_headers=True,
     )

@@ -58,16 +58,16 @@ class Connection:
     role: str
     queue_size: int
     id: str = field(default_factory=lambda: secrets.token_hex(8))
-    # The highest sequence number this socket has been sent (or acked); None until the room state is sent.
+    # The highest sequence number this socket has been sent (or acked).
     last_seq: int = 0
     closing: RelayError | None = None
     queue: asyncio.Queue[Delivery] = field(init=False)
-    kicked: asyncio.Event = field(init=False, default_factory=asyncio.Event)
-    # Set when the client sent a fresh token, so the expiry watchdog re-reads identity.expires_at.
-    token_refreshed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    # Resolved by kick(): a bare future, not a task waiting on an event (memory per idle socket counts).
+    kicked: asyncio.Future[None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.queue_size)
+        self.kicked = asyncio.get_running_loop().create_future()
 
     def offer(self, delivery: Delivery) -> None:
         """Queue without waiting; a full queue means the client stopped reading, so it is dropped."""
@@ -83,7 +83,8 @@ class Connection:
     def kick(self, reason: RelayError) -> None:
         if self.closing is None:
             self.closing = reason
-        self.kicked.set()
+        if not self.kicked.done():
+            self.kicked.set_result(None)
 
 
 class Hub:

@@ -184,29 +184,30 @@ async def _send_initial_state(websocket: WebSocket, connection: Connection, snap
 
 
 async def _serve(websocket: WebSocket, services: Services, connection: Connection) -> None:
-    """Run reader, writer and token watchdog until one ends or the connection is kicked."""
-    kicked: asyncio.Task[Any] = asyncio.create_task(connection.kicked.wait(), name=f"ws-kick-{connection.id}")
-    tasks = {
-        asyncio.create_task(_read(websocket, services, connection), name=f"ws-read-{connection.id}"),
+    """Run reader and writer until one ends or the connection is kicked; the token watch is two timers."""
+    watch = _TokenWatch(services.settings.token_expiry_warning, connection)
+    tasks: set[asyncio.Future[None]] = {
+        asyncio.create_task(_read(websocket, services, connection, watch), name=f"ws-read-{connection.id}"),
         asyncio.create_task(_write(websocket, services, connection), name=f"ws-write-{connection.id}"),
-        asyncio.create_task(_watch_token(services, connection), name=f"ws-token-{connection.id}"),
-        kicked,
     }
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({*tasks, connection.kicked}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        watch.cancel()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        if task is not kicked and not task.cancelled() and task.exception() is not None:
+    for task in done & tasks:
+        if not task.cancelled() and task.exception() is not None:
             error = task.exception()
             if not isinstance(error, WebSocketDisconnect | OSError | RuntimeError):
                 logger.error("connection %s failed", connection.id, exc_info=error)
                 connection.kick(InternalError("internal error; reconnect to resume"))
 
 
-async def _read(websocket: WebSocket, services: Services, connection: Connection) -> None:
+async def _read(
+    websocket: WebSocket, services: Services, connection: Connection, watch: _TokenWatch
+) -> None:
     settings = services.settings
     rooms = services.rooms
     bucket = TokenBucket(settings.rate_per_second, settings.rate_burst)
@@ -288,7 +289,7 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                 connection.kick(Unauthorized("refresh_token must be a token of the same user"))
                 return
             connection.identity = identity
-            connection.token_refreshed.set()
+            watch.schedule()
             refreshed = {"type": "token_refreshed", "expires_at": int(identity.expires_at)}
             connection.offer(Delivery(seq=0, text=encode(refreshed).decode()))
 
@@ -312,26 +313,38 @@ class _FloodWatch:
         return self._count > self._limit
 
 
-async def _watch_token(services: Services, connection: Connection) -> None:
-    """Warn before the token expires and close at expiry, unless the client sent a fresh one."""
-    warning = services.settings.token_expiry_warning
-    warned_for: float | None = None
-    while True:
-        connection.token_refreshed.clear()
-        expires_at = connection.identity.expires_at
-        remaining = expires_at - time.time()
-        if remaining <= 0:
-            connection.kick(TokenExpired("token expired: send a refresh_token frame before it does"))
-            return
-        until_warning = remaining - warning
-        if until_warning <= 0 and warned_for != expires_at:
-            warned_for = expires_at
-            frame = {"type": "token_expiring", "expires_at": int(expires_at),
-                     "message": "send {\"type\": \"refresh_token\", \"token\": ...} to stay connected"}
-            connection.offer(Delivery(seq=0, text=encode(frame).decode()))
-        sleep_for = until_warning if until_warning > 0 else remaining
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(connection.token_refreshed.wait(), sleep_for)
+class _TokenWatch:
+    """Warns before the socket's token expires and kicks it at expiry: two timers, rescheduled on refresh."""
+
+    def __init__(self, warning_seconds: int, connection: Connection) -> None:
+        self._warning = warning_seconds
+        self._connection = connection
+        self._loop = asyncio.get_running_loop()
+        self._timers: list[asyncio.TimerHandle] = []
+        self.schedule()
+
+    def schedule(self) -> None:
+        self.cancel()
+        expires_at = self._connection.identity.expires_at
+        # loop time and wall time differ by a constant: convert the token's wall-clock expiry once
+        at = self._loop.time() + (expires_at - time.time())
+        self._timers = [
+            self._loop.call_at(at - self._warning, self._warn, expires_at),
+            self._loop.call_at(at, self._expire),
+        ]
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+
+    def _warn(self, expires_at: float) -> None:
+        frame = {"type": "token_expiring", "expires_at": int(expires_at),
+                 "message": "send {\"type\": \"refresh_token\", \"token\": ...} to stay connected"}
+        self._connection.offer(Delivery(seq=0, text=encode(frame).decode()))
+
+    def _expire(self) -> None:
+        self._connection.kick(TokenExpired("token expired: send a refresh_token frame before it does"))
 
 
 async def _write(websocket: WebSocket, services: Services, connection: Connection) -> None:
@@ -344,7 +357,11 @@ async def _write(websocket: WebSocket, services: Services, connection: Connectio
             if delivery.seq <= connection.last_seq:
                 continue  # already sent: a duplicate from history or a late copy of our own ack
             if delivery.seq > connection.last_seq + 1:
-                await _catch_up(websocket, services, connection)
+                if delivery.text is None:
+                    # The reader's early ack overtook events still on their way through pub/sub. The
+                    # event's own copy comes after them on the channel and is acked then, in order.
+                    continue
+                await _catch_up(websocket, services, connection, upto=delivery.seq - 1)
                 if delivery.seq <= connection.last_seq:
                     continue
             await _send_durable(websocket, connection, delivery)
@@ -365,8 +382,14 @@ async def _send_durable(websocket: WebSocket, connection: Connection, delivery: 
         connection.kick(RoomClosed(f"room {connection.room_code} has been closed by its interviewer"))
 
 
-async def _catch_up(websocket: WebSocket, services: Services, connection: Connection) -> None:
-    """Send the durable events this socket missed (pub/sub lost them), from the room's history."""
+async def _catch_up(
+    websocket: WebSocket, services: Services, connection: Connection, *, upto: int | None = None
+) -> None:
+    """Send the durable events this socket missed (pub/sub lost them), from the room's history.
+
+    With `upto`, only the missing events before the one that revealed the gap: later ones come from
+    the queue in their own order, behind the volatile frames published before them.
+    """
     snapshot: Snapshot | None = None
     try:
         missed = await services.rooms.events_after(connection.room_code, connection.last_seq)
@@ -387,6 +410,8 @@ async def _catch_up(websocket: WebSocket, services: Services, connection: Connec
         connection.last_seq = snapshot.info.seq
         return
     for envelope in missed:
+        if upto is not None and envelope.seq > upto:
+            break
         await _send_durable(websocket, connection, _delivery(envelope))
         if connection.closing is not None:
             return
