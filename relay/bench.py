@@ -49,6 +49,7 @@ import jwt
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.typing import Origin
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -215,6 +216,7 @@ class Worker:
         self.expected_final = math.inf
         self.all_delivered = asyncio.Event()
         self.peer_size = int(self.load.rate * (self.load.warmup + self.load.duration)) + 64
+        self.readers: list[asyncio.Task[None]] = []
 
     async def connect_all(self) -> None:
         gate = asyncio.Semaphore(64)
@@ -226,7 +228,7 @@ class Worker:
                     ws = await connect(
                         member.ws_url,
                         compression=compression,
-                        origin=self.load.origin,  # type: ignore[arg-type]
+                        origin=Origin(self.load.origin) if self.load.origin else None,
                         ping_interval=None,
                         open_timeout=30,
                         close_timeout=2,
@@ -240,8 +242,11 @@ class Worker:
                     return None
             return Client(member, ws)
 
-        for room in self.plan.rooms:
-            opened = await asyncio.gather(*(open_one(m) for m in room.members))
+        async def open_room(room: RoomPlan) -> list[Client | None]:
+            return list(await asyncio.gather(*(open_one(m) for m in room.members)))
+
+        # Every room at once; the gate bounds the handshakes in flight.
+        for opened in await asyncio.gather(*(open_room(room) for room in self.plan.rooms)):
             members = [c for c in opened if c is not None]
             for client in members:
                 client.room_size = len(members)
