@@ -56,6 +56,9 @@ def make_redis(settings: Settings) -> aioredis.Redis:
     # "Too many connections" or opening hundreds of sockets.
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        # RESP2: with hiredis (a dependency) it parses a pub/sub message in ~14 us of CPU against ~46 us
+        # for redis-py's pure-Python RESP3 parser, and hiredis's RESP3 mode leaks on pub/sub messages.
+        protocol=2,
         max_connections=REDIS_MAX_CONNECTIONS,
         timeout=5,
         socket_connect_timeout=3,
