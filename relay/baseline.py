@@ -45,9 +45,13 @@ class Relay:
     def __init__(self, redis_url: str) -> None:
         # A blocking pool: a burst of publishes waits for a connection instead of raising
         # "Too many connections" (redis-py 8's default pool raises past its maximum).
-        self._pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=32, timeout=None)
+        # RESP2 as relay uses it: with hiredis (a dependency) the cheapest parser, and hiredis's RESP3
+        # mode leaks on pub/sub messages.
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=32, timeout=None, protocol=2
+        )
         self._redis = aioredis.Redis(connection_pool=self._pool)
-        self._pubsub = aioredis.Redis.from_url(redis_url, socket_timeout=None).pubsub()
+        self._pubsub = aioredis.Redis.from_url(redis_url, socket_timeout=None, protocol=2).pubsub()
         self._rooms: dict[str, dict[str, WebSocket]] = {}
         self._process_tag = secrets.token_hex(4)
         self._tags = itertools.count()
