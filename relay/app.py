@@ -15,6 +15,8 @@ from types import FrameType
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -46,12 +48,13 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DRAIN_NOTICE_SECONDS = 0.2
 
 
-def make_redis(settings: Settings) -> aioredis.Redis:
-    """The process's Redis client: the real one, or an in-process fakeredis for the embedded mode."""
+def make_redis(settings: Settings) -> tuple[aioredis.Redis, aioredis.Redis]:
+    """The process's Redis clients (commands, pub/sub): real ones, or fakeredis for the embedded mode."""
     if settings.redis_url is None:
         import fakeredis  # imported here: production replicas never load it
 
-        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        embedded = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        return embedded, embedded
     # A blocking pool: a burst waits for a free connection instead of failing with
     # "Too many connections" or opening hundreds of sockets.
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -65,7 +68,18 @@ def make_redis(settings: Settings) -> aioredis.Redis:
         socket_timeout=5,
         socket_keepalive=True,
     )
-    return aioredis.Redis(connection_pool=pool)
+    # The pub/sub link must not retry inside redis-py: the bus reconnects itself so that every
+    # reconnection is seen, reported and followed by a resync from history.
+    pubsub_pool = aioredis.ConnectionPool.from_url(
+        settings.redis_url,
+        protocol=2,
+        max_connections=2,
+        socket_connect_timeout=3,
+        socket_timeout=5,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return aioredis.Redis(connection_pool=pool), aioredis.Redis(connection_pool=pubsub_pool)
 
 
 def replica_name() -> str:
@@ -104,8 +118,8 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis_client = make_redis(settings)
-        bus = Bus(redis_client, link_timeout=settings.redis_link_timeout)
+        redis_client, pubsub_client = make_redis(settings)
+        bus = Bus(pubsub_client, link_timeout=settings.redis_link_timeout)
         hub = Hub(bus)
         services = Services(
             settings=settings,
@@ -141,8 +155,9 @@ def create_app(settings: Settings) -> Starlette:
                 await services.rooms.aclose()
             with contextlib.suppress(Exception):
                 await bus.aclose()
-            with contextlib.suppress(Exception):
-                await redis_client.aclose()
+            for client in {redis_client, pubsub_client}:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
             logger.info("replica %s stopped", replica_id)
 
     middleware = [Middleware(RequestIds)]
@@ -202,20 +217,39 @@ def _drain_on_sigterm(services: Services) -> None:
 
 
 async def _refresh_presence(services: Services) -> None:
-    """Re-mark this replica's connections present before their entries expire (a dead replica's don't)."""
+    """Re-mark this replica's connections present before their entries expire (a dead replica's don't).
+
+    One script per room, spread over the interval so the refresh never arrives as one burst; entries
+    that expired meanwhile (Redis was away) are added again, which re-checks membership and limits.
+    """
     interval = services.settings.presence_ttl / 3
     while True:
-        await asyncio.sleep(interval)
-        for connection in services.hub.connections():
+        codes = services.hub.room_codes
+        if not codes:
+            await asyncio.sleep(interval)
+            continue
+        pause = interval / len(codes)
+        for code in codes:
+            await asyncio.sleep(pause)
+            connections = {c.id: c for c in services.hub.connections(code)}
+            if not connections:
+                continue
             try:
-                await services.rooms.presence_add(
-                    connection.room_code, connection.identity, connection.role, connection.id
+                expired = await services.rooms.presence_refresh(
+                    code, [(c.identity.user_id, c.id) for c in connections.values()]
                 )
+                for _, connection_id in expired:
+                    connection = connections[connection_id]
+                    try:
+                        await services.rooms.presence_add(
+                            code, connection.identity, connection.role, connection.id
+                        )
+                    except Unavailable:
+                        raise
+                    except RelayError as refusal:  # removed, or the room filled up while Redis was away
+                        connection.kick(refusal)
             except Unavailable:
-                break  # Redis is away; the bus reports it, and the next round retries
-            except RelayError as refusal:
-                # Removed, room closed, or its presence expired while Redis was away and the room filled up.
-                connection.kick(refusal)
+                continue  # Redis is away; the bus reports it, and the next round retries
 
 
 async def _relay_error(request: Request, exc: Exception) -> Response:

@@ -13,6 +13,7 @@ declares the link dead when nothing at all came back for `link_timeout` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -55,11 +56,13 @@ BusEvent = Message | Disconnected | Reconnected
 
 class Bus:
     def __init__(self, redis_client: aioredis.Redis, *, link_timeout: float = 10.0) -> None:
+        # `redis_client` should not retry on its own (see make_redis): a link that redis-py silently
+        # re-established would lose the messages published meanwhile without the hub ever resyncing.
         self._pubsub = redis_client.pubsub()
         self._link_timeout = link_timeout
         self._ping_interval = link_timeout / 3
         self._waiters: defaultdict[bytes, list[asyncio.Future[None]]] = defaultdict(list)
-        self._last_pong = 0.0
+        self._last_traffic = 0.0
         self.has_redis = False
 
     async def subscribe(self, channel: str) -> None:
@@ -91,14 +94,17 @@ class Bus:
 
     async def events(self) -> AsyncIterator[BusEvent]:
         """Messages of every subscribed channel, for as long as the process lives."""
+        loop = asyncio.get_running_loop()
         backoff = BACKOFF_FIRST
         ever_connected = False
         while True:
+            inbox: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
+            helpers: list[asyncio.Task[None]] = []
             try:
                 await self._pubsub.connect()  # type: ignore[no-untyped-call]
                 if not self.has_redis:
                     self.has_redis = True
-                    self._last_pong = asyncio.get_running_loop().time()
+                    self._last_traffic = loop.time()
                     logger.info("pub/sub connected (%d channels)", len(self._pubsub.channels))
                     metrics.REDIS_UP.set(1)
                     if ever_connected:
@@ -106,39 +112,61 @@ class Bus:
                     ever_connected = True
                     yield Reconnected()
                 backoff = BACKOFF_FIRST
-                async for event in self._read():
-                    yield event
+                # The read blocks without a timeout (a timeout per message costs CPU at high rates) in a
+                # task of its own, so that the watchdog can report a silent link at once: redis-py would
+                # otherwise try to reconnect inside the read and keep it blocked for a socket timeout.
+                helpers = [
+                    asyncio.create_task(self._pump(inbox), name="pubsub-reader"),
+                    asyncio.create_task(self._watch_link(inbox), name="pubsub-watchdog"),
+                ]
+                while True:
+                    item = await inbox.get()
+                    if isinstance(item, Exception):
+                        raise item
+                    event = self._handle(item)
+                    if event is not None:
+                        yield event
             except _REDIS_DOWN as exc:
                 if self.has_redis:
                     self.has_redis = False
-                    logger.warning("pub/sub connection lost: %s", exc or type(exc).__name__)
+                    logger.warning("pub/sub connection lost: %s", str(exc) or type(exc).__name__)
                     metrics.REDIS_UP.set(0)
                     metrics.REDIS_ERRORS.inc()
                     yield Disconnected(str(exc) or type(exc).__name__)
+                for task in helpers:
+                    task.cancel()
                 await self._drop_connection()
                 delay = random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not security
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+            finally:
+                for task in helpers:
+                    task.cancel()
 
-    async def _read(self) -> AsyncIterator[BusEvent]:
+    async def _pump(self, inbox: asyncio.Queue[dict[str, Any] | Exception]) -> None:
         loop = asyncio.get_running_loop()
-        next_ping = loop.time() + self._ping_interval
+        try:
+            while True:
+                message = await self._pubsub.get_message(timeout=None)
+                self._last_traffic = loop.time()  # any traffic proves the link is alive
+                if message is not None:
+                    inbox.put_nowait(message)
+        except _REDIS_DOWN as exc:
+            inbox.put_nowait(exc)
+
+    async def _watch_link(self, inbox: asyncio.Queue[dict[str, Any] | Exception]) -> None:
+        """PING through the link; when nothing came back for link_timeout, report it dead."""
+        loop = asyncio.get_running_loop()
         while True:
-            # A bounded wait, so the link is checked even when no room has traffic.
-            message = await self._pubsub.get_message(timeout=min(0.5, self._ping_interval))
-            now = loop.time()
-            if message is not None:
-                self._last_pong = now  # any traffic proves the link is alive
-                event = self._handle(message)
-                if event is not None:
-                    yield event
-            if now >= next_ping:
-                if now - self._last_pong > self._link_timeout:
-                    raise redis.exceptions.ConnectionError(
-                        f"no reply from Redis on the pub/sub link for {now - self._last_pong:.1f}s"
-                    )
+            await asyncio.sleep(self._ping_interval)
+            silent_for = loop.time() - self._last_traffic
+            if silent_for > self._link_timeout:
+                inbox.put_nowait(redis.exceptions.ConnectionError(
+                    f"no reply from Redis on the pub/sub link for {silent_for:.1f}s"
+                ))
+                return
+            with contextlib.suppress(*_REDIS_DOWN):  # the reader reports a broken link itself
                 await self._pubsub.ping()
-                next_ping = now + self._ping_interval
 
     def _handle(self, message: dict[str, Any]) -> BusEvent | None:
         kind = message["type"]
@@ -154,7 +182,8 @@ class Bus:
         connection = self._pubsub.connection
         if connection is not None:
             try:
-                await connection.disconnect()
+                # nowait: on a silent link, waiting for the close to complete would wait for the peer
+                await connection.disconnect(nowait=True)
             except Exception:
                 logger.debug("error while dropping a broken pub/sub connection", exc_info=True)
 

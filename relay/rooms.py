@@ -335,6 +335,22 @@ if was_present then return 0 end
 return 1
 """
 
+_PRESENCE_REFRESH = r"""
+-- ARGV: expires_ms, now_ms, channel, entry... Extends this replica's live entries of one room in one
+-- call and sweeps the dead ones (a dead replica's); returns the entries that had expired meanwhile.
+if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return {} end
+local missing = {}
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', KEYS[4], ARGV[i]) then
+    redis.call('ZADD', KEYS[4], 'XX', ARGV[1], ARGV[i])
+  else
+    table.insert(missing, ARGV[i])
+  end
+end
+sweep(ARGV[2], ARGV[3])
+return missing
+"""
+
 _REMOVE_MEMBER = r"""
 -- ARGV: user_id, removed_envelope, channel, ttl. The user's sockets are told and closed by their replicas.
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -445,6 +461,7 @@ class Rooms:
         self._presence_add = script(_PRESENCE_ADD)
         self._presence_remove = script(_PRESENCE_REMOVE)
         self._remove_member = script(_REMOVE_MEMBER)
+        self._presence_refresh = script(_PRESENCE_REFRESH)
         self._close = script(_CLOSE)
         self._snapshot = script(_SNAPSHOT)
         self._events_after = script(_EVENTS_AFTER)
@@ -591,6 +608,19 @@ class Rooms:
         if outcome == -4:
             raise NotMember(f"you are no longer a member of room {code}")
         return outcome == 1
+
+    @redis_unavailable_is_503
+    async def presence_refresh(self, code: str, entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Extend the presence of (user_id, connection_id) entries; returns those that had expired."""
+        now = now_ms()
+        keys = RoomKeys.of(code)
+        missing = await self._run(
+            self._presence_refresh, keys=keys.all,
+            args=[now + self._settings.presence_ttl * 1000, now, keys.channel,
+                  *(f"{user_id}\t{connection_id}" for user_id, connection_id in entries)],
+        )
+        gone = [_text(entry).rpartition("\t") for entry in missing]
+        return [(user_id, connection_id) for user_id, _, connection_id in gone]
 
     @redis_unavailable_is_503
     async def remove_member(self, code: str, user_id: str) -> None:
