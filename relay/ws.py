@@ -86,6 +86,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     try:
         await _send_initial_state(websocket, connection, snapshot)
+        # The snapshot holds the whole document; this frame lives as long as the socket does.
+        del snapshot
         await _serve(websocket, services, connection)
     except WebSocketDisconnect:
         pass
@@ -214,6 +216,8 @@ async def _read(
     flood = _FloodWatch(limit=settings.rate_burst)
     last_rate_notice = 0.0
     while True:
+        # Drop the previous frame before waiting: an idle socket must not pin its last document.
+        message = text = frame = None
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
