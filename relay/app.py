@@ -10,7 +10,7 @@ import re
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
 from typing import Any
 
@@ -139,8 +139,8 @@ def create_app(settings: Settings) -> Starlette:
         if settings.dev_mode:
             logger.warning("development mode: accepting tokens signed with the local development secret")
         tasks = [
-            asyncio.create_task(hub.run(), name="hub"),
-            asyncio.create_task(_refresh_presence(services), name="presence"),
+            asyncio.create_task(_supervise("hub", hub.run), name="hub"),
+            asyncio.create_task(_supervise("presence", lambda: _refresh_presence(services)), name="presence"),
         ]
         _drain_on_sigterm(services)
         logger.info("replica %s started", replica_id)
@@ -187,6 +187,18 @@ def create_app(settings: Settings) -> Starlette:
 def create_app_from_env() -> Starlette:
     """uvicorn's factory: every worker process reads the same environment."""
     return create_app(Settings.from_environ())
+
+
+async def _supervise(name: str, run: Callable[[], Awaitable[None]], restart_delay: float = 1.0) -> None:
+    """Keep a background loop alive: a bug that escapes it is logged and the loop restarted, rather
+    than leaving a replica that answers probes but no longer delivers anything."""
+    while True:
+        try:
+            await run()
+            return
+        except Exception:
+            logger.exception("background task %s failed; restarting it in %.1f s", name, restart_delay)
+            await asyncio.sleep(restart_delay)
 
 
 def _drain_on_sigterm(services: Services) -> None:

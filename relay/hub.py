@@ -175,6 +175,9 @@ class Hub:
 
     async def run(self) -> None:
         """Consume the bus until cancelled: deliver messages, tell clients about Redis outages."""
+        # Restarted after a failure (app.py supervises this loop): anything may have been missed.
+        for connection in self.connections():
+            connection.offer(RESYNC)
         async for event in self._bus.events():
             if isinstance(event, Message):
                 self._deliver(event)
