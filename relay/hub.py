@@ -45,6 +45,18 @@ class Delivery:
     removes_user: str | None = None  # deliver, then close this user's sockets
     resync: bool = False  # "check history for anything missed" after Redis came back
 
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Delivery:
+        """What every socket of the room gets for one envelope (live from the bus or from history)."""
+        return cls(
+            seq=envelope.seq,
+            text=envelope.frame.decode(),
+            origin=envelope.origin,
+            msg_id=envelope.msg_id,
+            closes_room=envelope.closes_room,
+            removes_user=envelope.removes_member,
+        )
+
 
 RESYNC = Delivery(seq=0, text=None, resync=True)
 
@@ -201,14 +213,7 @@ class Hub:
         except ValueError as exc:
             logger.error("dropping a malformed message on %r: %s", message.channel, exc)
             return
-        delivery = Delivery(
-            seq=envelope.seq,
-            text=envelope.frame.decode(),
-            origin=envelope.origin,
-            msg_id=envelope.msg_id,
-            closes_room=envelope.closes_room,
-            removes_user=envelope.removes_member,
-        )
+        delivery = Delivery.from_envelope(envelope)
         if envelope.ts:
             metrics.DELIVERY_LATENCY.observe(max(0, now_ms() - envelope.ts) / 1000)
         sent = 0

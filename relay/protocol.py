@@ -47,11 +47,14 @@ class EditorUpdate:
     content: str
     cursor_position: Any  # already validated: small JSON value or None
     client_msg_id: str | None
+    # cursor_position as JSON, encoded once by the validation (b"" for none) and stored as is
+    cursor_json: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class CursorUpdate:
     cursor_position: Any
+    cursor_json: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +86,16 @@ def parse_client_frame(text: str, *, max_document_bytes: int) -> ClientFrame:
         size = _utf8_size(content)
         if size > max_document_bytes:
             raise TooLarge(f"document is {size} bytes; the limit is {max_document_bytes}")
+        cursor, cursor_json = _cursor(data.get("cursor_position"), required=False)
         return EditorUpdate(
             content=content,
-            cursor_position=_cursor(data.get("cursor_position"), required=False),
+            cursor_position=cursor,
             client_msg_id=_client_msg_id(data.get("client_msg_id")),
+            cursor_json=cursor_json,
         )
     if kind == CURSOR_UPDATE:
-        return CursorUpdate(cursor_position=_cursor(data.get("cursor_position"), required=True))
+        cursor, cursor_json = _cursor(data.get("cursor_position"), required=True)
+        return CursorUpdate(cursor_position=cursor, cursor_json=cursor_json)
     if kind == PING:
         return Ping()
     if kind == REFRESH_TOKEN:
@@ -102,11 +108,12 @@ def parse_client_frame(text: str, *, max_document_bytes: int) -> ClientFrame:
     raise BadFrame(f"unknown frame type {kind[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}")
 
 
-def _cursor(value: Any, *, required: bool) -> Any:
+def _cursor(value: Any, *, required: bool) -> tuple[Any, bytes]:
+    """The validated cursor and its JSON encoding (which the size check needs anyway)."""
     if value is None:
         if required:
             raise BadFrame("cursor_update needs 'cursor_position'")
-        return None
+        return None, b""
     if isinstance(value, bool) or not isinstance(value, dict | int | list):
         raise BadFrame(f"cursor_position must be an object, array or integer, got {_json_type(value)}")
     if isinstance(value, int) and not -(2**53) <= value <= 2**53:
@@ -118,7 +125,7 @@ def _cursor(value: Any, *, required: bool) -> Any:
         raise BadFrame("cursor_position is nested too deeply or holds an out-of-range number") from None
     if len(encoded) > MAX_CURSOR_BYTES:
         raise BadFrame(f"cursor_position is {len(encoded)} bytes encoded; the limit is {MAX_CURSOR_BYTES}")
-    return value
+    return value, encoded
 
 
 def _client_msg_id(value: Any) -> str | None:
@@ -160,8 +167,11 @@ def frame_tail(frame: dict[str, Any]) -> bytes:
     return orjson.dumps(frame)[1:]
 
 
-def error_frame(code: str, message: str) -> bytes:
-    return encode({"type": "error", "code": code, "message": message})
+def error_frame(code: str, message: str, client_msg_id: str | None = None) -> bytes:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if client_msg_id is not None:
+        frame["client_msg_id"] = client_msg_id
+    return encode(frame)
 
 
 def ack_frame(seq: int, client_msg_id: str | None, *, duplicate: bool = False) -> bytes:

@@ -47,6 +47,7 @@ from relay.protocol import (
     KIND_EVENT,
     KIND_REMOVE,
     NO_ORIGIN,
+    CursorUpdate,
     EditorUpdate,
     Envelope,
     encode,
@@ -543,11 +544,10 @@ class Rooms:
             }
         )
         keys = RoomKeys.of(code)
-        cursor = b"" if edit.cursor_position is None else orjson.dumps(edit.cursor_position)
         result = await self._run(self._edit,
             keys=keys.all,
             args=[
-                identity.user_id, edit.content, cursor, tail, origin, edit.client_msg_id or "", now,
+                identity.user_id, edit.content, edit.cursor_json, tail, origin, edit.client_msg_id or "", now,
                 self._settings.room_ttl, self._settings.history_max_events,
                 now - self._settings.history_max_age * 1000, keys.channel,
             ],
@@ -557,13 +557,13 @@ class Rooms:
         return int(result[1]), outcome == "duplicate"
 
     @redis_unavailable_is_503
-    async def publish_cursor(self, code: str, identity: Identity, cursor_position: Any, origin: str) -> None:
+    async def publish_cursor(self, code: str, identity: Identity, cursor: CursorUpdate, origin: str) -> None:
         frame = encode(
             {
                 "type": "cursor_update",
                 "user_id": identity.user_id,
                 "user_name": identity.user_name,
-                "cursor_position": cursor_position,
+                "cursor_position": cursor.cursor_position,
                 "ts": now_ms(),
             }
         )
@@ -571,7 +571,7 @@ class Rooms:
         envelope = Envelope(KIND_EVENT, origin, 0, None, now_ms(), frame).pack()
         await self._run(
             self._cursor, keys=keys.all,
-            args=[identity.user_id, orjson.dumps(cursor_position), envelope, keys.channel],
+            args=[identity.user_id, cursor.cursor_json, envelope, keys.channel],
         )
 
     @redis_unavailable_is_503

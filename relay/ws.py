@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from relay import logs, metrics
+from relay.auth import bearer_token
 from relay.errors import (
     BadRequest,
     InternalError,
@@ -42,7 +43,6 @@ from relay.protocol import (
     PONG_FRAME,
     CursorUpdate,
     EditorUpdate,
-    Envelope,
     Ping,
     RefreshToken,
     ack_frame,
@@ -131,8 +131,7 @@ async def _open(websocket: WebSocket, services: Services) -> tuple[Connection, S
 def _token(websocket: WebSocket) -> str | None:
     authorization = websocket.headers.get("authorization")
     if authorization:
-        scheme, _, token = authorization.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else None
+        return bearer_token(authorization)
     return websocket.query_params.get("token") or websocket.query_params.get("access_token")
 
 
@@ -166,7 +165,7 @@ async def _send_initial_state(websocket: WebSocket, connection: Connection, snap
         await websocket.send_text(encode(state).decode())
         connection.last_seq = info.seq - len(missed)
         for envelope in missed:
-            await _send_durable(websocket, connection, _delivery(envelope))
+            await _send_durable(websocket, connection, Delivery.from_envelope(envelope))
         return
     if missed == "ahead":
         await websocket.send_text(
@@ -273,9 +272,7 @@ async def _read(
                 )
         elif isinstance(frame, CursorUpdate):
             try:
-                await rooms.publish_cursor(
-                    connection.room_code, connection.identity, frame.cursor_position, connection.id
-                )
+                await rooms.publish_cursor(connection.room_code, connection.identity, frame, connection.id)
             except Unavailable as error:
                 connection.offer(_error(error.code, error.message))
         elif isinstance(frame, Ping):
@@ -416,27 +413,14 @@ async def _catch_up(
     for envelope in missed:
         if upto is not None and envelope.seq > upto:
             break
-        await _send_durable(websocket, connection, _delivery(envelope))
+        await _send_durable(websocket, connection, Delivery.from_envelope(envelope))
         if connection.closing is not None:
             return
 
 
-def _delivery(envelope: Envelope) -> Delivery:
-    return Delivery(
-        seq=envelope.seq,
-        text=envelope.frame.decode(),
-        origin=envelope.origin,
-        msg_id=envelope.msg_id,
-        closes_room=envelope.closes_room,
-    )
-
-
 def _error(code: str, message: str, client_msg_id: str | None = None) -> Delivery:
     metrics.REFUSALS.labels(code).inc()
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if client_msg_id is not None:
-        frame["client_msg_id"] = client_msg_id
-    return Delivery(seq=0, text=encode(frame).decode())
+    return Delivery(seq=0, text=error_frame(code, message, client_msg_id).decode())
 
 
 async def _close(websocket: WebSocket, error: RelayError) -> None:

@@ -263,3 +263,14 @@ def join_room(base_http: str, user_token: str, code: str) -> dict[str, Any]:
     response.raise_for_status()
     data: dict[str, Any] = response.json()
     return data
+
+
+def connected_pair(replica: Replica) -> tuple[str, Client, Client]:
+    """A room created by alice and joined by bob, both connected and past their room_state."""
+    alice, bob = token("alice"), token("bob")
+    code = create_room(replica.http, alice)
+    join_room(replica.http, bob, code)
+    a, b = Client(replica.ws, code, alice), Client(replica.ws, code, bob)
+    a.recv_type("room_state")
+    b.recv_type("room_state")
+    return code, a, b

@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from relay.config import DEV_JWT_SECRET
-from tests.support import Client, Replica, create_room, join_room, token
+from tests.support import Replica, connected_pair
 
 
 def run_serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -56,12 +56,7 @@ def test_embedded_mode_needs_nothing_and_says_so() -> None:
     replica.env.pop("REDIS_URL")
     replica.start()
     try:
-        alice, bob = token("alice"), token("bob")
-        code = create_room(replica.http, alice)
-        join_room(replica.http, bob, code)
-        a, b = Client(replica.ws, code, alice), Client(replica.ws, code, bob)
-        a.recv_type("room_state")
-        b.recv_type("room_state")
+        _, a, b = connected_pair(replica)
         a.send({"type": "editor_update", "content": "hello"})
         assert b.recv_type("editor_update")["content"] == "hello"
         assert a.recv_type("ack")["seq"] == 1

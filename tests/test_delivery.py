@@ -214,7 +214,7 @@ def test_scripted_session_survives_kill_redis_restart_and_sigterm(aof_redis: Red
         progress(20)
         # (b) Redis restarts; its append-only file brings every acknowledged edit back
         aof_redis.stop()
-        time.sleep(1)
+        time.sleep(1)  # an outage the replicas notice, not a blink
         aof_redis.start()
         progress(30)
         # (c) a replica is told to stop; its typist is told to reconnect and resumes elsewhere
@@ -229,7 +229,8 @@ def test_scripted_session_survives_kill_redis_restart_and_sigterm(aof_redis: Red
 
         for typist in typists:
             assert typist.done.wait(120), f"{typist.user} did not finish"
-        time.sleep(1.0)  # let the last edits reach the other typist
+        # the other typist's last edits are still on their way: wait until both have seen all 800
+        wait_for(lambda: all(t.last_seq >= 800 for t in typists), 30, "both typists at seq 800")
         for typist in typists:
             typist.stop.set()
             typist.join(10)
