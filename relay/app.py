@@ -44,8 +44,9 @@ logger = logging.getLogger("relay.app")
 
 REDIS_MAX_CONNECTIONS = 64
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# Time between telling clients to reconnect and uvicorn's 1012 close: enough to flush one small frame.
-DRAIN_NOTICE_SECONDS = 0.2
+# Longest wait between telling clients to reconnect and uvicorn's 1012 close (the wait ends as soon as
+# every socket's writer has sent the notice; a socket that stopped reading is not waited for longer).
+DRAIN_NOTICE_SECONDS = 1.0
 
 
 def make_redis(settings: Settings) -> tuple[aioredis.Redis, aioredis.Redis]:
@@ -206,13 +207,14 @@ def _drain_on_sigterm(services: Services) -> None:
 
     uvicorn closes every socket with 1012 as soon as it sees SIGTERM and runs the lifespan shutdown only
     after the handlers returned, so the lifespan is too late to warn anyone. This handler marks the
-    replica not ready, sends every socket a `reconnect` frame, and hands the signal to uvicorn a moment
-    later so those frames are on the wire before the 1012 close.
+    replica not ready, sends every socket a `reconnect` frame, and hands the signal to uvicorn once every
+    writer has sent it (at most DRAIN_NOTICE_SECONDS later), so the frames precede the 1012 close.
     """
     previous = signal.getsignal(signal.SIGTERM)
     if not callable(previous):
         return  # not under uvicorn's signal capture (tests, embedding): nothing to chain to
     loop = asyncio.get_running_loop()
+    hand_overs: set[asyncio.Task[None]] = set()  # a reference, so the task is not collected mid-way
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if services.is_draining:
@@ -220,10 +222,17 @@ def _drain_on_sigterm(services: Services) -> None:
             return
         services.is_draining = True
         logger.info("SIGTERM: draining %d connections", services.hub.connection_count)
-        services.hub.broadcast(
+        sent = services.hub.broadcast_and_confirm(
             encode({"type": "reconnect", "reason": "this replica is shutting down; reconnect with last_seq"})
         )
-        loop.call_later(DRAIN_NOTICE_SECONDS, previous, signum, frame)
+
+        async def hand_over() -> None:
+            # uvicorn closes every socket once it has the signal: first let the writers send the notice.
+            if sent:
+                await asyncio.wait(sent, timeout=DRAIN_NOTICE_SECONDS)
+            previous(signum, frame)
+
+        hand_overs.add(loop.create_task(hand_over()))
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

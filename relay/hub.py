@@ -44,6 +44,7 @@ class Delivery:
     closes_room: bool = False
     removes_user: str | None = None  # deliver, then close this user's sockets
     resync: bool = False  # "check history for anything missed" after Redis came back
+    sent: asyncio.Future[None] | None = None  # resolved by the writer once the frame is on the socket
 
     @classmethod
     def from_envelope(cls, envelope: Envelope) -> Delivery:
@@ -224,6 +225,17 @@ class Hub:
             connection.offer(delivery)
             sent += 1
         (_SENT_DURABLE if delivery.seq else _SENT_VOLATILE).inc(sent)
+
+    def broadcast_and_confirm(self, frame: bytes) -> list[asyncio.Future[None]]:
+        """Like broadcast, with one future per connection that resolves once its writer sent the frame."""
+        loop = asyncio.get_running_loop()
+        text = frame.decode()
+        confirmations = []
+        for connection in self.connections():
+            sent: asyncio.Future[None] = loop.create_future()
+            connection.offer(Delivery(seq=0, text=text, sent=sent))
+            confirmations.append(sent)
+        return confirmations
 
     def broadcast(self, frame: bytes) -> None:
         """One volatile frame to every local connection (replica-wide notices)."""

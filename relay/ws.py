@@ -368,6 +368,8 @@ async def _write(websocket: WebSocket, services: Services, connection: Connectio
             await _send_durable(websocket, connection, delivery)
         elif delivery.text is not None:
             await websocket.send_text(delivery.text)
+            if delivery.sent is not None and not delivery.sent.done():
+                delivery.sent.set_result(None)
             if delivery.removes_user is not None and delivery.removes_user == connection.identity.user_id:
                 connection.kick(MemberRemoved(f"an interviewer removed you from room {connection.room_code}"))
                 return
