@@ -117,7 +117,7 @@ async def join_room(request: Request) -> Response:
     identity = await _identity(request)
     body = await _json_body(request)
     if "room_code" not in body:
-        raise BadRequest("body must be {\"room_code\": \"ABC123\"}")
+        raise BadRequest('body must be {"room_code": "ABC123"}')
     code = normalize_code(body["room_code"])
     address = request.client.host if request.client else None
     await services.quotas.check_join(identity.user_id, address)
@@ -174,8 +174,9 @@ async def remove_member(request: Request) -> Response:
         raise Forbidden("you cannot remove yourself; close the room instead (DELETE /api/room/{code})")
     await services.rooms.remove_member(code, user_id)
     logger.info("user %s removed from room %s by %s", user_id, code, identity.user_id)
-    return JSONResponse({"status": "success", "message": "Member removed", "room_code": code,
-                         "user_id": user_id})
+    return JSONResponse(
+        {"status": "success", "message": "Member removed", "room_code": code, "user_id": user_id}
+    )
 
 
 async def prometheus_metrics(request: Request) -> Response:
@@ -204,8 +205,14 @@ async def ready(request: Request) -> Response:
         problems.append("Redis does not answer")
     if problems:
         return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
-    return JSONResponse({"status": "ready", "replica": services.replica_id, "connections":
-                         services.hub.connection_count, "rooms": len(services.hub.room_codes)})
+    return JSONResponse(
+        {
+            "status": "ready",
+            "replica": services.replica_id,
+            "connections": services.hub.connection_count,
+            "rooms": len(services.hub.room_codes),
+        }
+    )
 
 
 routes = [

@@ -161,9 +161,11 @@ class Bus:
             await asyncio.sleep(self._ping_interval)
             silent_for = loop.time() - self._last_traffic
             if silent_for > self._link_timeout:
-                inbox.put_nowait(redis.exceptions.ConnectionError(
-                    f"no reply from Redis on the pub/sub link for {silent_for:.1f}s"
-                ))
+                inbox.put_nowait(
+                    redis.exceptions.ConnectionError(
+                        f"no reply from Redis on the pub/sub link for {silent_for:.1f}s"
+                    )
+                )
                 return
             with contextlib.suppress(*_REDIS_DOWN):  # the reader reports a broken link itself
                 await self._pubsub.ping()

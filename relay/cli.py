@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--email", help="email claim")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.add_argument(
-        "--interviewer", action="store_true",
+        "--interviewer",
+        action="store_true",
         help="add the claim named by RELAY_INTERVIEWER_CLAIM (needs that setting)",
     )
 
@@ -116,8 +117,10 @@ def _token(args: argparse.Namespace) -> int:
     if args.interviewer:
         claim = settings.interviewer_claim
         if claim is None:
-            print("relay: --interviewer needs RELAY_INTERVIEWER_CLAIM (e.g. app_metadata.role=interviewer)",
-                  file=sys.stderr)
+            print(
+                "relay: --interviewer needs RELAY_INTERVIEWER_CLAIM (e.g. app_metadata.role=interviewer)",
+                file=sys.stderr,
+            )
             return 2
         node: dict[str, object] = extra
         for part in claim.path[:-1]:
@@ -125,8 +128,17 @@ def _token(args: argparse.Namespace) -> int:
             node[part] = child
             node = child
         node[claim.path[-1]] = claim.value
-    print(mint_dev_token(secret, args.user, name=args.name, email=args.email, ttl_seconds=args.ttl,
-                         extra_claims=extra, issuer=settings.jwt_issuer))
+    print(
+        mint_dev_token(
+            secret,
+            args.user,
+            name=args.name,
+            email=args.email,
+            ttl_seconds=args.ttl,
+            extra_claims=extra,
+            issuer=settings.jwt_issuer,
+        )
+    )
     return 0
 
 

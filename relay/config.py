@@ -169,9 +169,7 @@ class Settings:
             redis_url=reader.redis_url("REDIS_URL"),
             room_ttl=reader.integer("RELAY_ROOM_TTL", cls.room_ttl, minimum=60),
             closed_room_ttl=reader.integer("RELAY_CLOSED_ROOM_TTL", cls.closed_room_ttl, minimum=1),
-            history_max_events=reader.integer(
-                "RELAY_HISTORY_MAX_EVENTS", cls.history_max_events, minimum=1
-            ),
+            history_max_events=reader.integer("RELAY_HISTORY_MAX_EVENTS", cls.history_max_events, minimum=1),
             history_max_age=reader.integer("RELAY_HISTORY_MAX_AGE", cls.history_max_age, minimum=1),
             presence_ttl=reader.integer("RELAY_PRESENCE_TTL", cls.presence_ttl, minimum=3),
             redis_link_timeout=reader.number("RELAY_REDIS_LINK_TIMEOUT", cls.redis_link_timeout, minimum=1),
@@ -191,9 +189,7 @@ class Settings:
             ),
             send_queue_frames=reader.integer("RELAY_SEND_QUEUE", cls.send_queue_frames, minimum=1),
             max_frame_bytes=reader.integer("RELAY_MAX_FRAME_BYTES", cls.max_frame_bytes, minimum=1024),
-            max_document_bytes=reader.integer(
-                "RELAY_MAX_DOCUMENT_BYTES", cls.max_document_bytes, minimum=1
-            ),
+            max_document_bytes=reader.integer("RELAY_MAX_DOCUMENT_BYTES", cls.max_document_bytes, minimum=1),
             shutdown_grace=reader.number("RELAY_SHUTDOWN_GRACE", cls.shutdown_grace, minimum=0),
             extra=dict(env),
         )
@@ -313,9 +309,7 @@ class _Reader:
             return None
         parts = urlsplit(value)
         if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ConfigError(
-                f"{name} must be an http(s) URL like https://<ref>.supabase.co, got {value!r}"
-            )
+            raise ConfigError(f"{name} must be an http(s) URL like https://<ref>.supabase.co, got {value!r}")
         return value.rstrip("/")
 
     def redis_url(self, name: str) -> str | None:

@@ -196,8 +196,13 @@ class Hub:
                 self._deliver(event)
             elif isinstance(event, Disconnected):
                 self.broadcast(
-                    encode({"type": "redis_status", "available": False,
-                            "message": "relay lost its connection to Redis; edits wait until it is back"})
+                    encode(
+                        {
+                            "type": "redis_status",
+                            "available": False,
+                            "message": "relay lost its connection to Redis; edits wait until it is back",
+                        }
+                    )
                 )
             elif isinstance(event, Reconnected):
                 self.broadcast(encode({"type": "redis_status", "available": True}))

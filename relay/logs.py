@@ -62,9 +62,13 @@ class DropFrameDumps(logging.Filter):
 # UTF-8 (answered with close 1007). They are recorded as what they are.
 _CLIENT_CAUSED = {
     "ASGI callable returned without completing handshake.": (
-        logging.INFO, "websocket handshake refused with an HTTP response"),
+        logging.INFO,
+        "websocket handshake refused with an HTTP response",
+    ),
     "Invalid UTF-8 sequence received from client.": (
-        logging.WARNING, "client sent a text frame that is not UTF-8; closed with 1007"),
+        logging.WARNING,
+        "client sent a text frame that is not UTF-8; closed with 1007",
+    ),
 }
 
 
@@ -124,8 +128,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        ids = [f"{field}={value}" for field in ("request_id", "connection_id", "room_code")
-               if (value := getattr(record, field, None))]
+        ids = [
+            f"{field}={value}"
+            for field in ("request_id", "connection_id", "room_code")
+            if (value := getattr(record, field, None))
+        ]
         return f"{line} [{' '.join(ids)}]" if ids else line
 
 

@@ -25,9 +25,7 @@ CONNECTIONS = Gauge(
     "relay_connections", "Open WebSocket connections on this replica", multiprocess_mode="livesum"
 )
 ROOMS = Gauge("relay_rooms", "Rooms with at least one local connection", multiprocess_mode="livesum")
-FRAMES_RECEIVED = Counter(
-    "relay_frames_received_total", "Client frames accepted, by type", ["type"]
-)
+FRAMES_RECEIVED = Counter("relay_frames_received_total", "Client frames accepted, by type", ["type"])
 FRAMES_SENT = Counter(
     "relay_frames_sent_total",
     "Frames put in local send queues, by kind (durable: sequenced events; volatile: the rest)",

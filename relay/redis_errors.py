@@ -39,5 +39,3 @@ def redis_unavailable_is_503(
             raise
 
     return wrapper
-
-

@@ -475,7 +475,8 @@ class Rooms:
         member = Member(identity.user_id, INTERVIEWER, identity.user_name, now)
         for _ in range(CREATE_ATTEMPTS):
             code = new_code()
-            created = await self._run(self._create,
+            created = await self._run(
+                self._create,
                 keys=RoomKeys.of(code).all,
                 args=[identity.user_id, member.dump(), now, self._settings.room_ttl, title, language],
             )
@@ -488,7 +489,8 @@ class Rooms:
         """The caller's membership and whether it is new. Joining twice keeps the first role."""
         role = INTERVIEWER if identity.is_interviewer else CANDIDATE
         member = Member(identity.user_id, role, identity.user_name, now_ms())
-        result = await self._run(self._join,
+        result = await self._run(
+            self._join,
             keys=RoomKeys.of(code).all,
             args=[identity.user_id, member.dump(), self._settings.room_ttl, self._settings.max_members],
         )
@@ -510,12 +512,19 @@ class Rooms:
 
     @redis_unavailable_is_503
     async def close(self, code: str) -> int:
-        tail = frame_tail({"type": "room_closed", "room_code": code, "reason": "closed by the interviewer",
-                           "ts": now_ms()})
-        result = await self._run(self._close,
+        tail = frame_tail(
+            {"type": "room_closed", "room_code": code, "reason": "closed by the interviewer", "ts": now_ms()}
+        )
+        result = await self._run(
+            self._close,
             keys=RoomKeys.of(code).all,
-            args=[now_ms(), tail, RoomKeys.of(code).channel, self._settings.closed_room_ttl,
-                  self._settings.history_max_events],
+            args=[
+                now_ms(),
+                tail,
+                RoomKeys.of(code).channel,
+                self._settings.closed_room_ttl,
+                self._settings.history_max_events,
+            ],
         )
         outcome = _text(result[0])
         if outcome == "closed":
@@ -544,12 +553,21 @@ class Rooms:
             }
         )
         keys = RoomKeys.of(code)
-        result = await self._run(self._edit,
+        result = await self._run(
+            self._edit,
             keys=keys.all,
             args=[
-                identity.user_id, edit.content, edit.cursor_json, tail, origin, edit.client_msg_id or "", now,
-                self._settings.room_ttl, self._settings.history_max_events,
-                now - self._settings.history_max_age * 1000, keys.channel,
+                identity.user_id,
+                edit.content,
+                edit.cursor_json,
+                tail,
+                origin,
+                edit.client_msg_id or "",
+                now,
+                self._settings.room_ttl,
+                self._settings.history_max_events,
+                now - self._settings.history_max_age * 1000,
+                keys.channel,
             ],
         )
         outcome = _text(result[0])
@@ -570,7 +588,8 @@ class Rooms:
         keys = RoomKeys.of(code)
         envelope = Envelope(KIND_EVENT, origin, 0, None, now_ms(), frame).pack()
         await self._run(
-            self._cursor, keys=keys.all,
+            self._cursor,
+            keys=keys.all,
             args=[identity.user_id, cursor.cursor_json, envelope, keys.channel],
         )
 
@@ -582,15 +601,27 @@ class Rooms:
         """
         now = now_ms()
         keys = RoomKeys.of(code)
-        joined = encode({"type": "member_joined", "user_id": identity.user_id,
-                         "user_name": identity.user_name, "role": role, "ts": now})
-        result = await self._run(self._presence_add,
+        joined = encode(
+            {
+                "type": "member_joined",
+                "user_id": identity.user_id,
+                "user_name": identity.user_name,
+                "role": role,
+                "ts": now,
+            }
+        )
+        result = await self._run(
+            self._presence_add,
             keys=keys.all,
             args=[
-                f"{identity.user_id}\t{connection_id}", now + self._settings.presence_ttl * 1000, now,
-                identity.user_id, keys.channel,
+                f"{identity.user_id}\t{connection_id}",
+                now + self._settings.presence_ttl * 1000,
+                now,
+                identity.user_id,
+                keys.channel,
                 Envelope(KIND_EVENT, connection_id, 0, None, now, joined).pack(),
-                self._settings.room_ttl, self._settings.max_connections_per_user,
+                self._settings.room_ttl,
+                self._settings.max_connections_per_user,
                 self._settings.max_connections_per_room,
             ],
         )
@@ -615,9 +646,14 @@ class Rooms:
         now = now_ms()
         keys = RoomKeys.of(code)
         missing = await self._run(
-            self._presence_refresh, keys=keys.all,
-            args=[now + self._settings.presence_ttl * 1000, now, keys.channel,
-                  *(f"{user_id}\t{connection_id}" for user_id, connection_id in entries)],
+            self._presence_refresh,
+            keys=keys.all,
+            args=[
+                now + self._settings.presence_ttl * 1000,
+                now,
+                keys.channel,
+                *(f"{user_id}\t{connection_id}" for user_id, connection_id in entries),
+            ],
         )
         gone = [_text(entry).rpartition("\t") for entry in missing]
         return [(user_id, connection_id) for user_id, _, connection_id in gone]
@@ -628,10 +664,13 @@ class Rooms:
         keys = RoomKeys.of(code)
         frame = encode({"type": "member_removed", "user_id": user_id, "ts": now_ms()})
         outcome = _text(
-            await self._run(self._remove_member,
+            await self._run(
+                self._remove_member,
                 keys=keys.all,
                 args=[
-                    user_id, Envelope(KIND_REMOVE, NO_ORIGIN, 0, None, now_ms(), frame).pack(), keys.channel,
+                    user_id,
+                    Envelope(KIND_REMOVE, NO_ORIGIN, 0, None, now_ms(), frame).pack(),
+                    keys.channel,
                     self._settings.room_ttl,
                 ],
             )
@@ -645,10 +684,16 @@ class Rooms:
         now = now_ms()
         keys = RoomKeys.of(code)
         left = encode({"type": "member_left", "user_id": user_id, "ts": now})
-        await self._run(self._presence_remove,
+        await self._run(
+            self._presence_remove,
             keys=keys.all,
-            args=[f"{user_id}\t{connection_id}", now, user_id, keys.channel,
-                  Envelope(KIND_EVENT, connection_id, 0, None, now, left).pack()],
+            args=[
+                f"{user_id}\t{connection_id}",
+                now,
+                user_id,
+                keys.channel,
+                Envelope(KIND_EVENT, connection_id, 0, None, now, left).pack(),
+            ],
         )
 
     @redis_unavailable_is_503
@@ -676,8 +721,8 @@ class Rooms:
 
     async def _read_snapshot(self, code: str, after_seq: int | None) -> Snapshot:
         now = now_ms()
-        result = await self._run(self._snapshot,
-            keys=RoomKeys.of(code).all, args=[now, "" if after_seq is None else after_seq]
+        result = await self._run(
+            self._snapshot, keys=RoomKeys.of(code).all, args=[now, "" if after_seq is None else after_seq]
         )
         self._raise_for(_text(result[0]), code)
         room = _pairs(result[1])

@@ -57,8 +57,12 @@ logger = logging.getLogger("relay.ws")
 
 _RECEIVED = {
     kind: metrics.FRAMES_RECEIVED.labels(name)
-    for kind, name in ((EditorUpdate, "editor_update"), (CursorUpdate, "cursor_update"), (Ping, "ping"),
-                       (RefreshToken, "refresh_token"))
+    for kind, name in (
+        (EditorUpdate, "editor_update"),
+        (CursorUpdate, "cursor_update"),
+        (Ping, "ping"),
+        (RefreshToken, "refresh_token"),
+    )
 }
 
 CLOSE_TIMEOUT_SECONDS = 5.0
@@ -72,8 +76,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         logger.warning("websocket refused: origin %r not allowed", websocket.headers.get("origin"))
         await websocket.send_denial_response(
             JSONResponse(
-                {"status": "error", "code": "origin_not_allowed",
-                 "message": "this Origin may not open relay WebSockets (see RELAY_ALLOWED_ORIGINS)"},
+                {
+                    "status": "error",
+                    "code": "origin_not_allowed",
+                    "message": "this Origin may not open relay WebSockets (see RELAY_ALLOWED_ORIGINS)",
+                },
                 status_code=403,
             )
         )
@@ -151,8 +158,12 @@ def _room_state(connection: Connection, snapshot: Snapshot) -> dict[str, Any]:
         "seq": info.seq,
         "members": [m.as_dict(connected=m.user_id in info.connected) for m in info.members],
         "cursors": snapshot.cursors,
-        "you": {"user_id": connection.identity.user_id, "user_name": connection.identity.user_name,
-                "role": connection.role, "connection_id": connection.id},
+        "you": {
+            "user_id": connection.identity.user_id,
+            "user_name": connection.identity.user_name,
+            "role": connection.role,
+            "connection_id": connection.id,
+        },
     }
 
 
@@ -206,9 +217,7 @@ async def _serve(websocket: WebSocket, services: Services, connection: Connectio
                 connection.kick(InternalError("internal error; reconnect to resume"))
 
 
-async def _read(
-    websocket: WebSocket, services: Services, connection: Connection, watch: _TokenWatch
-) -> None:
+async def _read(websocket: WebSocket, services: Services, connection: Connection, watch: _TokenWatch) -> None:
     settings = services.settings
     rooms = services.rooms
     bucket = TokenBucket(settings.rate_per_second, settings.rate_burst)
@@ -244,8 +253,13 @@ async def _read(
             msg_id = frame.client_msg_id if isinstance(frame, EditorUpdate) else None
             if isinstance(frame, EditorUpdate) or time.monotonic() - last_rate_notice > 1.0:
                 last_rate_notice = time.monotonic()
-                connection.offer(_error("rate_limited", f"more than {settings.rate_per_second:g} frames per "
-                                        "second: dropped", msg_id))
+                connection.offer(
+                    _error(
+                        "rate_limited",
+                        f"more than {settings.rate_per_second:g} frames per second: dropped",
+                        msg_id,
+                    )
+                )
             continue
         if frame is None:
             connection.offer(_error(refusal.code, refusal.message))
@@ -340,8 +354,11 @@ class _TokenWatch:
         self._timers = []
 
     def _warn(self, expires_at: float) -> None:
-        frame = {"type": "token_expiring", "expires_at": int(expires_at),
-                 "message": "send {\"type\": \"refresh_token\", \"token\": ...} to stay connected"}
+        frame = {
+            "type": "token_expiring",
+            "expires_at": int(expires_at),
+            "message": 'send {"type": "refresh_token", "token": ...} to stay connected',
+        }
         self._connection.offer(Delivery(seq=0, text=encode(frame).decode()))
 
     def _expire(self) -> None:

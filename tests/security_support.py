@@ -52,13 +52,16 @@ class RedisWatch:
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
 
     def keys(self) -> set[str]:
-        return set(self.client.keys("relay:*"))
+        return {k.decode() if isinstance(k, bytes) else k for k in self.client.keys("relay:*")}
 
     def calls(self) -> dict[str, int]:
         """Calls per Redis command so far (INFO commandstats), INFO itself left out."""
         stats = self.client.info("commandstats")
-        return {name: int(value["calls"]) for name, value in stats.items()
-                if name != "cmdstat_info" and isinstance(value, dict)}
+        return {
+            name: int(value["calls"])
+            for name, value in stats.items()
+            if name != "cmdstat_info" and isinstance(value, dict)
+        }
 
     def close(self) -> None:
         self.client.close()
@@ -123,7 +126,9 @@ class Listener:
                         return frame
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.close_code is not None:
-                    raise TimeoutError(f"no matching frame; last frames {self.frames[-3:]}, close {self.close_code}")
+                    raise TimeoutError(
+                        f"no matching frame; last frames {self.frames[-3:]}, close {self.close_code}"
+                    )
                 self._changed.wait(remaining)
 
     def send(self, frame: dict[str, Any]) -> None:

@@ -65,9 +65,23 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always", "--daemonize", "no", "--logfile", os.path.join(self.dir, "log"),
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            "--logfile",
+            os.path.join(self.dir, "log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._answers, START_TIMEOUT, f"redis-server on port {self.port}")
@@ -131,7 +145,10 @@ class Replica:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir(),
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tempfile.gettempdir(),
         )
         wait_for(self._healthy, START_TIMEOUT, f"{self.name} on port {self.port}")
         return self
@@ -174,11 +191,21 @@ def auth(user_token: str) -> dict[str, str]:
 class Client:
     """A WebSocket client that keeps every frame it received, for assertions."""
 
-    def __init__(self, base_ws: str, code: str, user_token: str, *, last_seq: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base_ws: str,
+        code: str,
+        user_token: str,
+        *,
+        last_seq: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         query = f"?token={user_token}" + (f"&last_seq={last_seq}" if last_seq is not None else "")
         self.conn: ClientConnection = connect(
-            f"{base_ws}/ws/{code}{query}", additional_headers=headers, open_timeout=10, max_size=2**22,
+            f"{base_ws}/ws/{code}{query}",
+            additional_headers=headers,
+            open_timeout=10,
+            max_size=2**22,
             legacy=True,
         )
         self.frames: list[dict[str, Any]] = []
@@ -226,8 +253,12 @@ class Client:
         self.conn.close()
 
 
-def open_refused(base_ws: str, code: str, query: str = "", headers: dict[str, str] | None = None,
-                 ) -> tuple[int | None, str | None]:
+def open_refused(
+    base_ws: str,
+    code: str,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+) -> tuple[int | None, str | None]:
     """Open a socket that the server is expected to close at once; returns (close code, reason)."""
     conn = connect(f"{base_ws}/ws/{code}{query}", additional_headers=headers, open_timeout=10, legacy=True)
     try:
@@ -258,8 +289,9 @@ def create_room(base_http: str, user_token: str) -> str:
 
 
 def join_room(base_http: str, user_token: str, code: str) -> dict[str, Any]:
-    response = httpx.post(f"{base_http}/api/join-room", headers=auth(user_token), json={"room_code": code},
-                          timeout=10)
+    response = httpx.post(
+        f"{base_http}/api/join-room", headers=auth(user_token), json={"room_code": code}, timeout=10
+    )
     response.raise_for_status()
     data: dict[str, Any] = response.json()
     return data

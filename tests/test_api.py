@@ -13,10 +13,13 @@ from tests.support import RedisServer, Replica, auth, create_room, token
 
 @pytest.fixture(scope="module")
 def replica(redis_server: RedisServer) -> Iterator[Replica]:
-    started = Replica({
-        "REDIS_URL": redis_server.url,
-        "RELAY_INTERVIEWER_CLAIM": "app_metadata.role=interviewer",
-    }, name="api").start()
+    started = Replica(
+        {
+            "REDIS_URL": redis_server.url,
+            "RELAY_INTERVIEWER_CLAIM": "app_metadata.role=interviewer",
+        },
+        name="api",
+    ).start()
     yield started
     started.stop()
 
@@ -38,8 +41,12 @@ def test_create_room_returns_the_old_shape(replica: Replica) -> None:
 
 def test_create_room_accepts_no_body_and_optional_settings(replica: Replica) -> None:
     assert post(replica, "/api/create-room", token("ann")).status_code == 200
-    body = post(replica, "/api/create-room", token("ann"), json={"title": "Backend", "language": "python"}).json()
-    info = httpx.get(f"{replica.http}/api/room/{body['room_code']}", headers=auth(token("ann")), timeout=10).json()
+    body = post(
+        replica, "/api/create-room", token("ann"), json={"title": "Backend", "language": "python"}
+    ).json()
+    info = httpx.get(
+        f"{replica.http}/api/room/{body['room_code']}", headers=auth(token("ann")), timeout=10
+    ).json()
     assert info["title"] == "Backend" and info["language"] == "python"
 
 
@@ -73,9 +80,18 @@ def test_join_room_paths(replica: Replica) -> None:
     assert again.status_code == 200 and again.json()["role"] == "candidate"
     assert again.json()["message"] == "Already a member of this room"
     # The creator joining their own room stays interviewer.
-    assert post(replica, "/api/join-room", token("ann"), json={"room_code": code}).json()["role"] == "interviewer"
-    for bad in ({}, {"room_code": 123}, {"room_code": "ABC"}, {"room_code": "ABCDE0"},
-                {"room_code": "relay:{X}"}, {"room_code": "ABC12\u0000"}):
+    assert (
+        post(replica, "/api/join-room", token("ann"), json={"room_code": code}).json()["role"]
+        == "interviewer"
+    )
+    for bad in (
+        {},
+        {"room_code": 123},
+        {"room_code": "ABC"},
+        {"room_code": "ABCDE0"},
+        {"room_code": "relay:{X}"},
+        {"room_code": "ABC12\u0000"},
+    ):
         response = post(replica, "/api/join-room", token("cid"), json=bad)
         assert response.status_code == 422, bad
     unknown = post(replica, "/api/join-room", token("cid"), json={"room_code": "ZZZZZZ"})
@@ -85,7 +101,9 @@ def test_join_room_paths(replica: Replica) -> None:
 def test_interviewer_claim_makes_joiner_an_interviewer(replica: Replica) -> None:
     code = create_room(replica.http, token("ann"))
     colleague = token("ivy", app_metadata={"role": "interviewer"})
-    assert post(replica, "/api/join-room", colleague, json={"room_code": code}).json()["role"] == "interviewer"
+    assert (
+        post(replica, "/api/join-room", colleague, json={"room_code": code}).json()["role"] == "interviewer"
+    )
 
 
 def test_get_room_is_for_members_only(replica: Replica) -> None:
@@ -96,11 +114,18 @@ def test_get_room_is_for_members_only(replica: Replica) -> None:
     body = info.json()
     assert body["room_status"] == "open" and body["created_by"] == "ann" and body["created_at"] > 0
     assert [(m["user_id"], m["role"], m["connected"]) for m in body["members"]] == [
-        ("ann", "interviewer", False), ("cid", "candidate", False)]
+        ("ann", "interviewer", False),
+        ("cid", "candidate", False),
+    ]
     outsider = httpx.get(f"{replica.http}/api/room/{code}", headers=auth(token("eve")), timeout=10)
     assert outsider.status_code == 403
-    assert httpx.get(f"{replica.http}/api/room/ZZZZZZ", headers=auth(token("eve")), timeout=10).status_code == 404
-    assert httpx.get(f"{replica.http}/api/room/nope", headers=auth(token("eve")), timeout=10).status_code == 422
+    assert (
+        httpx.get(f"{replica.http}/api/room/ZZZZZZ", headers=auth(token("eve")), timeout=10).status_code
+        == 404
+    )
+    assert (
+        httpx.get(f"{replica.http}/api/room/nope", headers=auth(token("eve")), timeout=10).status_code == 422
+    )
 
 
 def test_delete_room_is_for_interviewers(replica: Replica) -> None:
@@ -113,8 +138,10 @@ def test_delete_room_is_for_interviewers(replica: Replica) -> None:
     again = httpx.delete(url, headers=auth(token("ann")), timeout=10)
     assert again.status_code == 410 and again.json()["code"] == "room_closed"
     assert post(replica, "/api/join-room", token("new"), json={"room_code": code}).status_code == 410
-    assert httpx.delete(f"{replica.http}/api/room/ZZZZZZ", headers=auth(token("ann")),
-                        timeout=10).status_code == 404
+    assert (
+        httpx.delete(f"{replica.http}/api/room/ZZZZZZ", headers=auth(token("ann")), timeout=10).status_code
+        == 404
+    )
 
 
 def test_health_and_readiness(replica: Replica) -> None:

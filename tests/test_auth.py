@@ -70,13 +70,16 @@ def jwks() -> Iterator[JwksServer]:
 
 @pytest.fixture(scope="module")
 def prod_replica(redis_server: RedisServer, jwks: JwksServer) -> Iterator[Replica]:
-    replica = Replica({
-        "RELAY_DEV_MODE": "false",
-        "REDIS_URL": redis_server.url,
-        "SUPABASE_URL": jwks.url,
-        "SUPABASE_JWT_SECRET": SECRET,
-        "RELAY_JWKS_MIN_REFRESH": "1",
-    }, name="prod").start()
+    replica = Replica(
+        {
+            "RELAY_DEV_MODE": "false",
+            "REDIS_URL": redis_server.url,
+            "SUPABASE_URL": jwks.url,
+            "SUPABASE_JWT_SECRET": SECRET,
+            "RELAY_JWKS_MIN_REFRESH": "1",
+        },
+        name="prod",
+    ).start()
     yield replica
     replica.stop()
 
@@ -84,8 +87,13 @@ def prod_replica(redis_server: RedisServer, jwks: JwksServer) -> Iterator[Replic
 def claims(user: str = "user-1", **overrides: Any) -> dict[str, Any]:
     now = int(time.time())
     base: dict[str, Any] = {
-        "sub": user, "aud": "authenticated", "role": "authenticated", "iat": now, "exp": now + 600,
-        "iss": f"{overrides.pop('_issuer_base')}/auth/v1", "email": f"{user}@example.test",
+        "sub": user,
+        "aud": "authenticated",
+        "role": "authenticated",
+        "iat": now,
+        "exp": now + 600,
+        "iss": f"{overrides.pop('_issuer_base')}/auth/v1",
+        "email": f"{user}@example.test",
         "user_metadata": {"full_name": f"User {user}"},
     }
     base.update(overrides)
@@ -97,8 +105,12 @@ def hs256(jwks: JwksServer, user: str = "user-1", secret: str = SECRET, **overri
 
 
 def es256(jwks: JwksServer, user: str = "user-1", kid: str = KID, **overrides: Any) -> str:
-    return jwt.encode(claims(user, _issuer_base=jwks.url, **overrides), jwks.private_key, algorithm="ES256",
-                      headers={"kid": kid})
+    return jwt.encode(
+        claims(user, _issuer_base=jwks.url, **overrides),
+        jwks.private_key,
+        algorithm="ES256",
+        headers={"kid": kid},
+    )
 
 
 def alg_none(jwks: JwksServer) -> str:
@@ -115,15 +127,19 @@ def bad_tokens(jwks: JwksServer) -> dict[str, str | None]:
         "missing": None,
         "malformed": "not-a-jwt",
         "bad_signature_hs256": hs256(jwks, secret="another-secret-that-is-also-32-bytes-long"),
-        "bad_signature_es256": jwt.encode(claims(_issuer_base=jwks.url), other_key, algorithm="ES256",
-                                          headers={"kid": KID}),
+        "bad_signature_es256": jwt.encode(
+            claims(_issuer_base=jwks.url), other_key, algorithm="ES256", headers={"kid": KID}
+        ),
         "unknown_kid": es256(jwks, kid="rotated-away"),
         "expired": hs256(jwks, exp=now - 120, iat=now - 720),
         "wrong_audience": hs256(jwks, aud="someone-else"),
         "wrong_issuer": hs256(jwks, iss="https://evil.example/auth/v1"),
         "alg_none": alg_none(jwks),
-        "anon_key": jwt.encode({"iss": "supabase", "ref": "abc", "role": "anon", "iat": now, "exp": now + 600},
-                               SECRET, algorithm="HS256"),
+        "anon_key": jwt.encode(
+            {"iss": "supabase", "ref": "abc", "role": "anon", "iat": now, "exp": now + 600},
+            SECRET,
+            algorithm="HS256",
+        ),
         "service_role_with_sub": hs256(jwks, role="service_role"),
         "no_exp": hs256(jwks, exp=None),
     }
@@ -158,8 +174,9 @@ def test_refusals_explain_themselves(prod_replica: Replica, jwks: JwksServer) ->
 
     def message(name: str) -> str:
         value = bad[name]
-        response = httpx.post(f"{prod_replica.http}/api/create-room", json={}, timeout=10,
-                              headers=auth(value) if value else {})
+        response = httpx.post(
+            f"{prod_replica.http}/api/create-room", json={}, timeout=10, headers=auth(value) if value else {}
+        )
         return str(response.json()["message"])
 
     assert "missing token" in message("missing")
@@ -181,11 +198,14 @@ def test_hs256_and_es256_tokens_both_work(prod_replica: Replica, jwks: JwksServe
     """A room created with an ES256 token is joined with an HS256 one; both edit over the socket."""
     interviewer = es256(jwks, "ines", user_metadata={"name": "Ines"})
     candidate = hs256(jwks, "carl", user_metadata={})
-    created = httpx.post(f"{prod_replica.http}/api/create-room", headers=auth(interviewer), json={}, timeout=10)
+    created = httpx.post(
+        f"{prod_replica.http}/api/create-room", headers=auth(interviewer), json={}, timeout=10
+    )
     assert created.status_code == 200, created.text
     code = created.json()["room_code"]
-    joined = httpx.post(f"{prod_replica.http}/api/join-room", headers=auth(candidate),
-                        json={"room_code": code}, timeout=10)
+    joined = httpx.post(
+        f"{prod_replica.http}/api/join-room", headers=auth(candidate), json={"room_code": code}, timeout=10
+    )
     assert joined.json()["role"] == "candidate"
     a = Client(prod_replica.ws, code, interviewer)
     b = Client(prod_replica.ws, code, candidate)
@@ -204,12 +224,20 @@ def test_jwks_is_fetched_once_and_refreshed_for_a_new_kid_at_most_per_cooldown(
     """Known kid: no refetch. A burst of unknown kids within the cooldown triggers at most one fetch."""
     good = es256(jwks, "kim")
     for _ in range(3):
-        assert httpx.post(f"{prod_replica.http}/api/create-room", headers=auth(good), json={},
-                          timeout=10).status_code == 200
+        assert (
+            httpx.post(
+                f"{prod_replica.http}/api/create-room", headers=auth(good), json={}, timeout=10
+            ).status_code
+            == 200
+        )
     before = jwks.fetches
     time.sleep(1.1)  # RELAY_JWKS_MIN_REFRESH=1 in this replica
     for n in range(20):
-        response = httpx.post(f"{prod_replica.http}/api/create-room", headers=auth(es256(jwks, kid=f"x{n}")),
-                              json={}, timeout=10)
+        response = httpx.post(
+            f"{prod_replica.http}/api/create-room",
+            headers=auth(es256(jwks, kid=f"x{n}")),
+            json={},
+            timeout=10,
+        )
         assert response.status_code == 401
     assert jwks.fetches - before <= 2

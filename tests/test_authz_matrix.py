@@ -66,8 +66,14 @@ class Keys:
     def claims(self, user: str, **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
         base: dict[str, Any] = {
-            "sub": user, "aud": "authenticated", "role": "authenticated", "iat": now, "exp": now + 600,
-            "iss": self.issuer, "email": f"{user}@example.test", "user_metadata": {"full_name": user},
+            "sub": user,
+            "aud": "authenticated",
+            "role": "authenticated",
+            "iat": now,
+            "exp": now + 600,
+            "iss": self.issuer,
+            "email": f"{user}@example.test",
+            "user_metadata": {"full_name": user},
         }
         base.update(overrides)
         return {k: v for k, v in base.items() if v is not None}
@@ -113,7 +119,9 @@ class Cell:
         return {**headers, **auth(bearer)} if bearer is not None else headers
 
     def post(self, path: str, user: str, body: dict[str, Any], address: str | None = None) -> httpx.Response:
-        return self.http.post(f"{self.replica.http}{path}", headers=self.headers(self.token(user), address), json=body)
+        return self.http.post(
+            f"{self.replica.http}{path}", headers=self.headers(self.token(user), address), json=body
+        )
 
     def join(self, user: str, code: str | None = None, address: str | None = None) -> httpx.Response:
         return self.post("/api/join-room", user, {"room_code": code or self.code}, address)
@@ -142,8 +150,13 @@ def _none(kind: str, keys: Keys) -> str | None:
 
 def _alg_none(kind: str, keys: Keys) -> str:
     header = {"alg": "none", "typ": "JWT"}
-    return ".".join(jwt.utils.base64url_encode(json.dumps(part).encode()).decode()
-                    for part in (header, keys.claims("mallory"))) + "."
+    return (
+        ".".join(
+            jwt.utils.base64url_encode(json.dumps(part).encode()).decode()
+            for part in (header, keys.claims("mallory"))
+        )
+        + "."
+    )
 
 
 def _bad_signature(kind: str, keys: Keys) -> str:
@@ -156,7 +169,8 @@ def _bad_signature(kind: str, keys: Keys) -> str:
 def _hs256_on_asymmetric(kind: str, keys: Keys) -> str:
     # Algorithm confusion: HMAC keyed with the replica's *public* key, which anyone can download.
     public_pem = keys.jwks.private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return hs256_with_key(keys.claims("mallory"), public_pem, {"kid": KID})
 
 
@@ -169,22 +183,30 @@ def _api_key(role: str) -> Callable[[str, Keys], str]:
         # The shape of Supabase's anon / service_role keys: no sub, no aud. Signed as genuinely as the
         # replica accepts, so only the claims can be what refuses them.
         now = int(time.time())
-        return keys.sign(kind, {"iss": "supabase", "ref": "abcdefghijklmnopqrst", "role": role,
-                                "iat": now, "exp": now + 3600})
+        return keys.sign(
+            kind,
+            {"iss": "supabase", "ref": "abcdefghijklmnopqrst", "role": role, "iat": now, "exp": now + 3600},
+        )
+
     return make
 
 
 def _claims(**overrides: Any) -> Callable[[str, Keys], str]:
     def make(kind: str, keys: Keys) -> str:
         return keys.sign(kind, keys.claims("mallory", **overrides))
+
     return make
 
 
 def _times(**offsets: int) -> Callable[[str, Keys], str]:
     """Time claims relative to when the token is minted (the cell's moment, not the module's import)."""
+
     def make(kind: str, keys: Keys) -> str:
         now = int(time.time())
-        return keys.sign(kind, keys.claims("mallory", **{name: now + delta for name, delta in offsets.items()}))
+        return keys.sign(
+            kind, keys.claims("mallory", **{name: now + delta for name, delta in offsets.items()})
+        )
+
     return make
 
 
@@ -214,8 +236,9 @@ def _interviewer(cell: Cell) -> tuple[str, str]:
 
 
 def _closed_room(cell: Cell) -> tuple[str, str]:
-    closed = cell.http.delete(f"{cell.replica.http}/api/room/{cell.code}",
-                              headers=cell.headers(cell.token(cell.interviewer)))
+    closed = cell.http.delete(
+        f"{cell.replica.http}/api/room/{cell.code}", headers=cell.headers(cell.token(cell.interviewer))
+    )
     assert closed.status_code == 200, closed.text
     return cell.interviewer, cell.code
 
@@ -232,8 +255,10 @@ def _unknown_room(cell: Cell) -> tuple[str, str]:
 
 
 def _removed(cell: Cell) -> tuple[str, str]:
-    removed = cell.http.delete(f"{cell.replica.http}/api/room/{cell.code}/members/{cell.candidate}",
-                               headers=cell.headers(cell.token(cell.interviewer)))
+    removed = cell.http.delete(
+        f"{cell.replica.http}/api/room/{cell.code}/members/{cell.candidate}",
+        headers=cell.headers(cell.token(cell.interviewer)),
+    )
     assert removed.status_code == 200, removed.text
     return cell.candidate, cell.code
 
@@ -283,64 +308,222 @@ def _room_connections_used_up(cell: Cell) -> tuple[str, str]:
 ROWS: list[Row] = [
     Row("no_token", "no token", REFUSED, bad_token=_none),
     Row("malformed", "malformed (`not-a-jwt`)", REFUSED, bad_token=lambda kind, keys: "not-a-jwt"),
-    Row("bad_signature", "bad signature (another secret / another EC key, same kid)", REFUSED,
-        bad_token=_bad_signature),
-    Row("expired", "expired (exp 120 s ago)",
+    Row(
+        "bad_signature",
+        "bad signature (another secret / another EC key, same kid)",
+        REFUSED,
+        bad_token=_bad_signature,
+    ),
+    Row(
+        "expired",
+        "expired (exp 120 s ago)",
         {**{column: "401 token_expired" for column in COLUMNS}, "ws": "close 4401"},
-        bad_token=_times(exp=-120, iat=-720)),
-    Row("not_yet_valid", "not yet valid (nbf 60 s ahead, beyond the 5 s leeway)", REFUSED,
-        bad_token=_times(nbf=60)),
-    Row("wrong_audience", "wrong audience (`aud: someone-else`)", REFUSED, bad_token=_claims(aud="someone-else")),
+        bad_token=_times(exp=-120, iat=-720),
+    ),
+    Row(
+        "not_yet_valid",
+        "not yet valid (nbf 60 s ahead, beyond the 5 s leeway)",
+        REFUSED,
+        bad_token=_times(nbf=60),
+    ),
+    Row(
+        "wrong_audience",
+        "wrong audience (`aud: someone-else`)",
+        REFUSED,
+        bad_token=_claims(aud="someone-else"),
+    ),
     # Only a replica that knows SUPABASE_URL knows which issuer to expect.
-    Row("wrong_issuer", "wrong issuer (`https://evil.example/auth/v1`)", REFUSED, replicas=(AS,),
-        bad_token=_claims(iss="https://evil.example/auth/v1")),
+    Row(
+        "wrong_issuer",
+        "wrong issuer (`https://evil.example/auth/v1`)",
+        REFUSED,
+        replicas=(AS,),
+        bad_token=_claims(iss="https://evil.example/auth/v1"),
+    ),
     Row("alg_none", "`alg: none`", REFUSED, bad_token=_alg_none),
-    Row("hs256_on_asymmetric", "HS256 keyed with the public key, when only JWKS is configured", REFUSED,
-        replicas=(AS,), bad_token=_hs256_on_asymmetric),
-    Row("es256_on_hs256", "ES256 when only the HS256 secret is configured", REFUSED, replicas=(HS,),
-        bad_token=_es256_on_hs),
+    Row(
+        "hs256_on_asymmetric",
+        "HS256 keyed with the public key, when only JWKS is configured",
+        REFUSED,
+        replicas=(AS,),
+        bad_token=_hs256_on_asymmetric,
+    ),
+    Row(
+        "es256_on_hs256",
+        "ES256 when only the HS256 secret is configured",
+        REFUSED,
+        replicas=(HS,),
+        bad_token=_es256_on_hs,
+    ),
     Row("anon_key", "Supabase anon key (role anon, no sub / aud)", REFUSED, bad_token=_api_key("anon")),
-    Row("service_role_key", "Supabase service_role key (no sub / aud)", REFUSED,
-        bad_token=_api_key("service_role")),
-    Row("service_role_user", "role service_role on an otherwise valid user token", REFUSED,
-        bad_token=_claims(role="service_role")),
-    Row("non_member", "valid token, not a member (a fresh user per cell)",
-        {"create": "200", "join": "200 candidate", "get": "403 forbidden", "delete": "403 not_member",
-         "remove": "403 not_member", "ws": "close 4403"}, prepare=_stranger),
-    Row("candidate", "the room's candidate",
-        {"create": "200", "join": "200 candidate", "get": "200 open", "delete": "403 forbidden",
-         "remove": "403 forbidden", "ws": "room_state"}, prepare=_candidate),
-    Row("interviewer", "the room's interviewer",
-        {"create": "200", "join": "200 interviewer", "get": "200 open", "delete": "200", "remove": "200",
-         "ws": "room_state"}, prepare=_interviewer),
-    Row("closed_room", "closed room, its interviewer's token",
-        {"create": "200", "join": "410 room_closed", "get": "200 closed", "delete": "410 room_closed",
-         "remove": "410 room_closed", "ws": "close 4410"}, prepare=_closed_room),
-    Row("unknown_room", "unknown room (valid code, never created), a valid token",
-        {"create": "200", "join": "404 room_not_found", "get": "404 room_not_found",
-         "delete": "404 room_not_found", "remove": "404 room_not_found", "ws": "close 4404"},
-        prepare=_unknown_room),
-    Row("removed_member", "a candidate the interviewer removed",
-        {"create": "200", "join": "403 member_removed", "get": "403 forbidden", "delete": "403 member_removed",
-         "remove": "403 member_removed", "ws": "close 4403"}, prepare=_removed),
-    Row("room_full", "a new user, room at `RELAY_MAX_MEMBERS` (3)",
-        {"create": "200", "join": "409 room_full", "get": "403 forbidden", "delete": "403 not_member",
-         "remove": "403 not_member", "ws": "close 4403"}, prepare=_room_full),
-    Row("creations_used_up", "the interviewer, after `RELAY_CREATE_LIMIT` (3) rooms this hour",
-        {"create": "429 rate_limited", "join": "200 interviewer", "get": "200 open", "delete": "200",
-         "remove": "200", "ws": "room_state"}, prepare=_creations_used_up),
-    Row("user_guessed_codes", "a user with `RELAY_JOIN_FAILURE_LIMIT` (3) failed joins (from another address)",
-        {"create": "200", "join": "429 rate_limited", "get": "403 forbidden", "delete": "403 not_member",
-         "remove": "403 not_member", "ws": "close 4403"}, prepare=_user_guessed_codes),
-    Row("address_guessed_codes", "a new user from an address with `RELAY_JOIN_FAILURE_LIMIT` (3) failed joins",
-        {"create": "200", "join": "429 rate_limited", "get": "403 forbidden", "delete": "403 not_member",
-         "remove": "403 not_member", "ws": "close 4403"}, prepare=_address_guessed_codes),
-    Row("user_connections_used_up", "the candidate, holding `RELAY_MAX_CONNECTIONS_PER_USER` (1) sockets",
-        {"create": "200", "join": "200 candidate", "get": "200 open", "delete": "403 forbidden",
-         "remove": "403 forbidden", "ws": "close 4429"}, prepare=_user_connections_used_up),
-    Row("room_connections_used_up", "a member, room holding `RELAY_MAX_CONNECTIONS_PER_ROOM` (2) sockets",
-        {"create": "200", "join": "200 candidate", "get": "200 open", "delete": "403 forbidden",
-         "remove": "403 forbidden", "ws": "close 4429"}, prepare=_room_connections_used_up),
+    Row(
+        "service_role_key",
+        "Supabase service_role key (no sub / aud)",
+        REFUSED,
+        bad_token=_api_key("service_role"),
+    ),
+    Row(
+        "service_role_user",
+        "role service_role on an otherwise valid user token",
+        REFUSED,
+        bad_token=_claims(role="service_role"),
+    ),
+    Row(
+        "non_member",
+        "valid token, not a member (a fresh user per cell)",
+        {
+            "create": "200",
+            "join": "200 candidate",
+            "get": "403 forbidden",
+            "delete": "403 not_member",
+            "remove": "403 not_member",
+            "ws": "close 4403",
+        },
+        prepare=_stranger,
+    ),
+    Row(
+        "candidate",
+        "the room's candidate",
+        {
+            "create": "200",
+            "join": "200 candidate",
+            "get": "200 open",
+            "delete": "403 forbidden",
+            "remove": "403 forbidden",
+            "ws": "room_state",
+        },
+        prepare=_candidate,
+    ),
+    Row(
+        "interviewer",
+        "the room's interviewer",
+        {
+            "create": "200",
+            "join": "200 interviewer",
+            "get": "200 open",
+            "delete": "200",
+            "remove": "200",
+            "ws": "room_state",
+        },
+        prepare=_interviewer,
+    ),
+    Row(
+        "closed_room",
+        "closed room, its interviewer's token",
+        {
+            "create": "200",
+            "join": "410 room_closed",
+            "get": "200 closed",
+            "delete": "410 room_closed",
+            "remove": "410 room_closed",
+            "ws": "close 4410",
+        },
+        prepare=_closed_room,
+    ),
+    Row(
+        "unknown_room",
+        "unknown room (valid code, never created), a valid token",
+        {
+            "create": "200",
+            "join": "404 room_not_found",
+            "get": "404 room_not_found",
+            "delete": "404 room_not_found",
+            "remove": "404 room_not_found",
+            "ws": "close 4404",
+        },
+        prepare=_unknown_room,
+    ),
+    Row(
+        "removed_member",
+        "a candidate the interviewer removed",
+        {
+            "create": "200",
+            "join": "403 member_removed",
+            "get": "403 forbidden",
+            "delete": "403 member_removed",
+            "remove": "403 member_removed",
+            "ws": "close 4403",
+        },
+        prepare=_removed,
+    ),
+    Row(
+        "room_full",
+        "a new user, room at `RELAY_MAX_MEMBERS` (3)",
+        {
+            "create": "200",
+            "join": "409 room_full",
+            "get": "403 forbidden",
+            "delete": "403 not_member",
+            "remove": "403 not_member",
+            "ws": "close 4403",
+        },
+        prepare=_room_full,
+    ),
+    Row(
+        "creations_used_up",
+        "the interviewer, after `RELAY_CREATE_LIMIT` (3) rooms this hour",
+        {
+            "create": "429 rate_limited",
+            "join": "200 interviewer",
+            "get": "200 open",
+            "delete": "200",
+            "remove": "200",
+            "ws": "room_state",
+        },
+        prepare=_creations_used_up,
+    ),
+    Row(
+        "user_guessed_codes",
+        "a user with `RELAY_JOIN_FAILURE_LIMIT` (3) failed joins (from another address)",
+        {
+            "create": "200",
+            "join": "429 rate_limited",
+            "get": "403 forbidden",
+            "delete": "403 not_member",
+            "remove": "403 not_member",
+            "ws": "close 4403",
+        },
+        prepare=_user_guessed_codes,
+    ),
+    Row(
+        "address_guessed_codes",
+        "a new user from an address with `RELAY_JOIN_FAILURE_LIMIT` (3) failed joins",
+        {
+            "create": "200",
+            "join": "429 rate_limited",
+            "get": "403 forbidden",
+            "delete": "403 not_member",
+            "remove": "403 not_member",
+            "ws": "close 4403",
+        },
+        prepare=_address_guessed_codes,
+    ),
+    Row(
+        "user_connections_used_up",
+        "the candidate, holding `RELAY_MAX_CONNECTIONS_PER_USER` (1) sockets",
+        {
+            "create": "200",
+            "join": "200 candidate",
+            "get": "200 open",
+            "delete": "403 forbidden",
+            "remove": "403 forbidden",
+            "ws": "close 4429",
+        },
+        prepare=_user_connections_used_up,
+    ),
+    Row(
+        "room_connections_used_up",
+        "a member, room holding `RELAY_MAX_CONNECTIONS_PER_ROOM` (2) sockets",
+        {
+            "create": "200",
+            "join": "200 candidate",
+            "get": "200 open",
+            "delete": "403 forbidden",
+            "remove": "403 forbidden",
+            "ws": "close 4429",
+        },
+        prepare=_room_connections_used_up,
+    ),
 ]
 
 
@@ -426,12 +609,17 @@ def matrix_redis() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def matrix_replicas(matrix_redis: RedisServer, matrix_keys: Keys) -> Iterator[dict[str, Replica]]:
-    production = {"RELAY_DEV_MODE": "false", "REDIS_URL": matrix_redis.url,
-                  **{name: str(value) for name, value in LIMITS.items()}}
+    production = {
+        "RELAY_DEV_MODE": "false",
+        "REDIS_URL": matrix_redis.url,
+        **{name: str(value) for name, value in LIMITS.items()},
+    }
     started: dict[str, Replica] = {}
     try:
         started[HS] = checkout_replica({**production, "SUPABASE_JWT_SECRET": SECRET}, "matrix-hs").start()
-        started[AS] = checkout_replica({**production, "SUPABASE_URL": matrix_keys.jwks.url}, "matrix-jwks").start()
+        started[AS] = checkout_replica(
+            {**production, "SUPABASE_URL": matrix_keys.jwks.url}, "matrix-jwks"
+        ).start()
         yield started
     finally:
         for replica in started.values():
@@ -441,10 +629,17 @@ def matrix_replicas(matrix_redis: RedisServer, matrix_keys: Keys) -> Iterator[di
 CASES = [(kind, row, column) for row in ROWS for kind in row.replicas for column in COLUMNS]
 
 
-@pytest.mark.parametrize(("kind", "row", "column"), CASES,
-                         ids=[f"{kind}-{row.key}-{column}" for kind, row, column in CASES])
-def test_authorization_matrix(matrix_replicas: dict[str, Replica], matrix_keys: Keys, http: httpx.Client,
-                              kind: str, row: Row, column: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "row", "column"), CASES, ids=[f"{kind}-{row.key}-{column}" for kind, row, column in CASES]
+)
+def test_authorization_matrix(
+    matrix_replicas: dict[str, Replica],
+    matrix_keys: Keys,
+    http: httpx.Client,
+    kind: str,
+    row: Row,
+    column: str,
+) -> None:
     """Each caller kind gets exactly the status or close code its matrix cell names, on each auth setup."""
     cell = Cell(kind, matrix_replicas[kind], matrix_keys, http)
     try:
@@ -468,7 +663,8 @@ def render_matrix() -> str:
         "`Authorization: Bearer` on HTTP and `?token=` on the WebSocket. Every cell runs on a fresh room whose",
         "candidate is the target of the member-removal column, from a client address of its own.",
         "The replicas run with small limits so that a row reaches each: "
-        + ", ".join(f"`{name}={value}`" for name, value in LIMITS.items()) + ".",
+        + ", ".join(f"`{name}={value}`" for name, value in LIMITS.items())
+        + ".",
         "",
         "| caller | replicas | " + " | ".join(f"`{title}`" for title in COLUMNS.values()) + " |",
         "|---|---|" + "---|" * len(COLUMNS),
@@ -497,7 +693,6 @@ def render_matrix() -> str:
 def test_matrix_document_matches_the_table() -> None:
     """docs/authorization-matrix.md is exactly the table the matrix test asserts."""
     check_generated_doc(DOCS / "authorization-matrix.md", render_matrix(), "tests/test_authz_matrix.py")
-
 
 
 README_START = "<!-- authorization-matrix:start (generated by tests/test_authz_matrix.py) -->"

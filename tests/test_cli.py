@@ -19,7 +19,11 @@ def run_serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "SUPABASE_", "REDIS_"))}
     return subprocess.run(
         [sys.executable, "-m", "relay.cli", "serve", "--port", "1", *args],
-        env={**clean, **env}, capture_output=True, text=True, timeout=30, cwd=tempfile.gettempdir(),
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tempfile.gettempdir(),
     )
 
 
@@ -71,14 +75,26 @@ def test_env_file_is_read(tmp_path: Path) -> None:
     """Settings come from .env in the working directory; real environment variables win over it."""
     (tmp_path / ".env").write_text("# comment\nRELAY_DEV_MODE=true\nRELAY_ROOM_TTL='abc'\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "SUPABASE_", "REDIS_"))}
-    result = subprocess.run([sys.executable, "-m", "relay.cli", "serve"], env=clean, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "serve"],
+        env=clean,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2 and "RELAY_ROOM_TTL" in result.stderr
 
 
 def test_token_command_mints_a_verifiable_dev_token() -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "SUPABASE_", "REDIS_"))}
-    out = subprocess.run([sys.executable, "-m", "relay.cli", "token", "--user", "alice", "--name", "Alice"],
-                         env=clean, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "token", "--user", "alice", "--name", "Alice"],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
     claims = jwt.decode(out, DEV_JWT_SECRET, algorithms=["HS256"], audience="authenticated")
     assert claims["sub"] == "alice" and claims["user_metadata"]["full_name"] == "Alice"

@@ -70,7 +70,7 @@ def the(kind: str, name: str) -> dict[str, Any]:
 def relay_container() -> dict[str, Any]:
     containers = the("Deployment", "relay")["spec"]["template"]["spec"]["containers"]
     (container,) = [c for c in containers if c["name"] == "relay"]
-    return container
+    return dict(container)
 
 
 def probes(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -239,7 +239,9 @@ def test_pods_get_no_service_link_variables() -> None:
     """No RELAY_PORT=tcp://... style variables from Services; relay ignores them anyway (no such setting)."""
     for name in ("relay", "redis"):
         assert the("Deployment", name)["spec"]["template"]["spec"]["enableServiceLinks"] is False
-    settings = Settings.from_environ({**DEV_ENVIRON, "RELAY_PORT": "tcp://10.96.0.10:80", "RELAY_SERVICE_HOST": "x"})
+    settings = Settings.from_environ(
+        {**DEV_ENVIRON, "RELAY_PORT": "tcp://10.96.0.10:80", "RELAY_SERVICE_HOST": "x"}
+    )
     assert settings.port == 8000
 
 
@@ -539,7 +541,7 @@ def healthcheck_argv() -> list[str]:
     assert match, f"HEALTHCHECK is not in exec form: {line}"
     argv = json.loads(match[1])
     assert argv[0] == "python", f"the health check should need nothing but python: {shlex.join(argv)}"
-    return argv
+    return [str(arg) for arg in argv]
 
 
 def _run_healthcheck(port: int) -> int:

@@ -105,22 +105,32 @@ def check_parse(text: str) -> object:
 
 
 any_char = st.characters(codec=None) | st.characters(categories=["Cs"])  # lone surrogates included
-json_scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                | st.text(any_char, max_size=20))
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(any_char, max_size=20)
+)
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=25,
 )
-frame_objects = st.fixed_dictionaries({}, optional={
-    "type": st.sampled_from(CLIENT_TYPES) | json_values,
-    "content": st.text(any_char) | json_values,
-    "cursor_position": json_values,
-    "client_msg_id": st.from_regex(CLIENT_MSG_ID, fullmatch=True) | json_values,
-    "user_id": json_values,
-    "seq": json_values,
-    "token": st.text(any_char) | json_values,
-})
+frame_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(CLIENT_TYPES) | json_values,
+        "content": st.text(any_char) | json_values,
+        "cursor_position": json_values,
+        "client_msg_id": st.from_regex(CLIENT_MSG_ID, fullmatch=True) | json_values,
+        "user_id": json_values,
+        "seq": json_values,
+        "token": st.text(any_char) | json_values,
+    },
+)
 PARSER = settings(max_examples=400, deadline=None)
 
 
@@ -140,18 +150,24 @@ def test_parser_takes_any_frame_shaped_object(obj: dict[str, Any], ascii_only: b
 
 small_cursor = st.recursive(
     st.integers(-(2**53), 2**53) | st.text(max_size=10) | st.booleans() | st.none(),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=10,
 ).filter(lambda v: isinstance(v, dict | list) or (isinstance(v, int) and not isinstance(v, bool)))
 
 
 @PARSER
-@given(content=st.text(), cursor=st.none() | small_cursor,
-       msg_id=st.none() | st.from_regex(CLIENT_MSG_ID, fullmatch=True) | st.integers(0, 10**12),
-       spoof=st.dictionaries(st.sampled_from(["user_id", "user_name", "seq", "ts", "role"]), json_scalars),
-       ascii_only=st.booleans())
-def test_valid_editor_update_round_trips(content: str, cursor: Any, msg_id: str | int | None,
-                                         spoof: dict[str, Any], ascii_only: bool) -> None:
+@given(
+    content=st.text(),
+    cursor=st.none() | small_cursor,
+    msg_id=st.none() | st.from_regex(CLIENT_MSG_ID, fullmatch=True) | st.integers(0, 10**12),
+    spoof=st.dictionaries(st.sampled_from(["user_id", "user_name", "seq", "ts", "role"]), json_scalars),
+    ascii_only=st.booleans(),
+)
+def test_valid_editor_update_round_trips(
+    content: str, cursor: Any, msg_id: str | int | None, spoof: dict[str, Any], ascii_only: bool
+) -> None:
     """A valid editor_update comes out with its content verbatim, its cursor and id intact, identity claims dropped."""
     obj: dict[str, Any] = {**spoof, "type": "editor_update", "content": content}
     if cursor is not None:
@@ -188,17 +204,22 @@ def test_document_limit_counts_utf8_bytes(content: str, limit: int) -> None:
 def json_body_bytes() -> st.SearchStrategy[bytes]:
     keys = st.sampled_from(["room_code", "title", "language", "type", "__proto__"]) | st.text(max_size=6)
     objects = st.dictionaries(keys, json_values, max_size=4)
-    return (objects | json_values).map(lambda value: json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return (objects | json_values).map(
+        lambda value: json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    )
 
 
-any_body = (st.binary(max_size=400) | json_body_bytes()
-            | st.integers(16 * 1024 - 8, 20 * 1024).map(lambda n: b'{"title":"' + b"x" * n + b'"}'))
+any_body = (
+    st.binary(max_size=400)
+    | json_body_bytes()
+    | st.integers(16 * 1024 - 8, 20 * 1024).map(lambda n: b'{"title":"' + b"x" * n + b'"}')
+)
 
 
 def check_http_answer(response: httpx.Response) -> str:
     """A JSON answer, never a 5xx or a traceback; returns 'status code' for the findings."""
     assert response.status_code < 500, response.text
-    assert "Traceback" not in response.text and "File \"" not in response.text
+    assert "Traceback" not in response.text and 'File "' not in response.text
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
     if response.status_code >= 400:
@@ -216,8 +237,13 @@ def api_client(fuzz_replica: Replica) -> Iterator[httpx.Client]:
 
 @pytest.mark.parametrize("path", ["/api/create-room", "/api/join-room"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=any_body, content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]))
-def test_any_body_gets_a_json_answer(api_client: httpx.Client, path: str, body: bytes, content_type: str) -> None:
+@given(
+    body=any_body,
+    content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]),
+)
+def test_any_body_gets_a_json_answer(
+    api_client: httpx.Client, path: str, body: bytes, content_type: str
+) -> None:
     """Any bytes as a create-room or join-room body: a JSON success or a JSON 4xx error, never a 5xx."""
     headers = {**auth(token("body-fuzzer")), "Content-Type": content_type}
     check_http_answer(api_client.post(path, content=body, headers=headers))
@@ -254,8 +280,10 @@ def body_findings(api_client: httpx.Client) -> list[tuple[str, str, str]]:
     user = token("body-prober")
     found = []
     for label, body in BAD_BODIES:
-        answers = [check_http_answer(api_client.post(path, content=body, headers=auth(user)))
-                   for path in ("/api/create-room", "/api/join-room")]
+        answers = [
+            check_http_answer(api_client.post(path, content=body, headers=auth(user)))
+            for path in ("/api/create-room", "/api/join-room")
+        ]
         found.append((label, answers[0], answers[1]))
     return found
 
@@ -303,19 +331,36 @@ def _wrong_value(rng: random.Random) -> Any:
 
 def _invalid_json(rng: random.Random) -> tuple[str, str | bytes]:
     good = json.dumps({"type": "editor_update", "content": _rand_str(rng, 8)})
-    return _text(rng.choice([
-        good[: rng.randint(0, len(good) - 1)],  # truncated
-        good + rng.choice(["}", ",", "x", "{}"]),  # trailing junk
-        good.replace('"', "'"),  # single quotes
-        "{type: 'ping'}", "NaN", "undefined", "", " ", "{,}", '{"type":"ping",}',
-        _rand_str(rng, rng.randint(1, 40), "{}[]\":,0123456789abcdeftrunl\\ "),
-    ]))
+    return _text(
+        rng.choice(
+            [
+                good[: rng.randint(0, len(good) - 1)],  # truncated
+                good + rng.choice(["}", ",", "x", "{}"]),  # trailing junk
+                good.replace('"', "'"),  # single quotes
+                "{type: 'ping'}",
+                "NaN",
+                "undefined",
+                "",
+                " ",
+                "{,}",
+                '{"type":"ping",}',
+                _rand_str(rng, rng.randint(1, 40), '{}[]":,0123456789abcdeftrunl\\ '),
+            ]
+        )
+    )
 
 
 def _random_unicode(rng: random.Random) -> tuple[str, str | bytes]:
     text = "".join(_code_point(rng) for _ in range(rng.randint(1, 60)))
-    return _text(rng.choice([text, json.dumps({"type": text}, ensure_ascii=False),
-                             json.dumps({"type": "editor_update", "content": 5, text: text}, ensure_ascii=False)]))
+    return _text(
+        rng.choice(
+            [
+                text,
+                json.dumps({"type": text}, ensure_ascii=False),
+                json.dumps({"type": "editor_update", "content": 5, text: text}, ensure_ascii=False),
+            ]
+        )
+    )
 
 
 def _binary(rng: random.Random) -> tuple[str, str | bytes]:
@@ -328,13 +373,39 @@ def _binary(rng: random.Random) -> tuple[str, str | bytes]:
 
 
 def _not_an_object(rng: random.Random) -> tuple[str, str | bytes]:
-    return _obj(rng.choice([[], [{"type": "ping"}], "ping", 0, 1.5, None, True, False, "editor_update",
-                            [1, [2, [3]]], -(2**63)]))
+    return _obj(
+        rng.choice(
+            [
+                [],
+                [{"type": "ping"}],
+                "ping",
+                0,
+                1.5,
+                None,
+                True,
+                False,
+                "editor_update",
+                [1, [2, [3]]],
+                -(2**63),
+            ]
+        )
+    )
 
 
 def _missing_type(rng: random.Random) -> tuple[str, str | bytes]:
-    return _obj(rng.choice([{}, {"content": "x"}, {"Type": "ping"}, {"TYPE": "ping"}, {"kind": "editor_update"},
-                            {"content": "x", "cursor_position": 1}, {"type ": "ping"}]))
+    return _obj(
+        rng.choice(
+            [
+                {},
+                {"content": "x"},
+                {"Type": "ping"},
+                {"TYPE": "ping"},
+                {"kind": "editor_update"},
+                {"content": "x", "cursor_position": 1},
+                {"type ": "ping"},
+            ]
+        )
+    )
 
 
 def _type_wrong_kind(rng: random.Random) -> tuple[str, str | bytes]:
@@ -342,11 +413,25 @@ def _type_wrong_kind(rng: random.Random) -> tuple[str, str | bytes]:
 
 
 def _unknown_type(rng: random.Random) -> tuple[str, str | bytes]:
-    kind = rng.choice([
-        _rand_str(rng, rng.randint(0, 30)), "Editor_Update", "EDITOR_UPDATE", "editor_update ", " ping",
-        "editor-update", "cursor", "room_state", "ack", "error", "pong", "member_joined", "room_closed",
-        "editor_update\u0000", "p\u0456ng",  # Cyrillic i
-    ])
+    kind = rng.choice(
+        [
+            _rand_str(rng, rng.randint(0, 30)),
+            "Editor_Update",
+            "EDITOR_UPDATE",
+            "editor_update ",
+            " ping",
+            "editor-update",
+            "cursor",
+            "room_state",
+            "ack",
+            "error",
+            "pong",
+            "member_joined",
+            "room_closed",
+            "editor_update\u0000",
+            "p\u0456ng",  # Cyrillic i
+        ]
+    )
     return _obj({"type": kind, "content": "x"})
 
 
@@ -362,8 +447,21 @@ def _editor_content_wrong(rng: random.Random) -> tuple[str, str | bytes]:
 
 
 def _cursor_wrong(rng: random.Random) -> tuple[str, str | bytes]:
-    value = rng.choice(["missing", "12:3", True, False, 1.5, 2**53 + 1, -(2**60), 1e300,
-                        {"line": "x" * 1100}, list(range(400)), None])
+    value = rng.choice(
+        [
+            "missing",
+            "12:3",
+            True,
+            False,
+            1.5,
+            2**53 + 1,
+            -(2**60),
+            1e300,
+            {"line": "x" * 1100},
+            list(range(400)),
+            None,
+        ]
+    )
     kind = rng.choice(["cursor_update", "editor_update"])
     frame: dict[str, Any] = {"type": kind}
     if kind == "editor_update":
@@ -376,8 +474,9 @@ def _cursor_wrong(rng: random.Random) -> tuple[str, str | bytes]:
 
 
 def _client_msg_id_wrong(rng: random.Random) -> tuple[str, str | bytes]:
-    value = rng.choice(["", "has space", "x" * 65, "naïve", "a/b", "a\u0000", "{x}", 1.5, True, [], {}, 1e20,
-                        "\u202eevil"])
+    value = rng.choice(
+        ["", "has space", "x" * 65, "naïve", "a/b", "a\u0000", "{x}", 1.5, True, [], {}, 1e20, "\u202eevil"]
+    )
     return _obj({"type": "editor_update", "content": "m", "client_msg_id": value})
 
 
@@ -393,32 +492,44 @@ def _deep_nesting(rng: random.Random) -> tuple[str, str | bytes]:
 
 
 def _lone_surrogates(rng: random.Random) -> tuple[str, str | bytes]:
-    escape = rng.choice(["\\ud800", "\\udbff", "\\udc00", "\\udfff", "\\ude00\\ud83d", "\\ud83d\\ud83d", "a\\ud800b"])
-    return _text(rng.choice([
-        '{"type":"editor_update","content":"' + escape + '"}',
-        '{"type":"' + escape + '"}',
-        '{"' + escape + '":1,"type":"ping"}',
-        '{"type":"cursor_update","cursor_position":{"k":"' + escape + '"}}',
-        '{"type":"editor_update","content":"x","client_msg_id":"' + escape + '"}',
-    ]))
+    escape = rng.choice(
+        ["\\ud800", "\\udbff", "\\udc00", "\\udfff", "\\ude00\\ud83d", "\\ud83d\\ud83d", "a\\ud800b"]
+    )
+    return _text(
+        rng.choice(
+            [
+                '{"type":"editor_update","content":"' + escape + '"}',
+                '{"type":"' + escape + '"}',
+                '{"' + escape + '":1,"type":"ping"}',
+                '{"type":"cursor_update","cursor_position":{"k":"' + escape + '"}}',
+                '{"type":"editor_update","content":"x","client_msg_id":"' + escape + '"}',
+            ]
+        )
+    )
 
 
 def _nul(rng: random.Random) -> tuple[str, str | bytes]:
-    return _text(rng.choice([
-        '{"type":"editor_update","content":"a\\u0000b"}',  # a NUL in the document is fine
-        '{"type":"editor_update","content":"a\u0000b"}',  # a raw control character is not JSON
-        '{"type":"editor_update\\u0000"}',
-        '{"type":"ping"}\u0000',
-        "\u0000",
-        '{"type":"editor_update","content":"x","client_msg_id":"a\\u0000"}',
-        '{"\\u0000":"x","type":"ping"}',
-    ]))
+    return _text(
+        rng.choice(
+            [
+                '{"type":"editor_update","content":"a\\u0000b"}',  # a NUL in the document is fine
+                '{"type":"editor_update","content":"a\u0000b"}',  # a raw control character is not JSON
+                '{"type":"editor_update\\u0000"}',
+                '{"type":"ping"}\u0000',
+                "\u0000",
+                '{"type":"editor_update","content":"x","client_msg_id":"a\\u0000"}',
+                '{"\\u0000":"x","type":"ping"}',
+            ]
+        )
+    )
 
 
 def _huge(rng: random.Random) -> tuple[str, str | bytes]:
     shape = rng.choice(["content_over_document", "type", "unknown_field", "number", "key_count", "cursor"])
     if shape == "content_over_document":
-        return _obj({"type": "editor_update", "content": "x" * rng.randint(MAX_DOCUMENT + 1, MAX_FRAME - 100)})
+        return _obj(
+            {"type": "editor_update", "content": "x" * rng.randint(MAX_DOCUMENT + 1, MAX_FRAME - 100)}
+        )
     if shape == "type":
         return _obj({"type": "t" * rng.randint(10_000, MAX_FRAME - 100)})
     if shape == "unknown_field":
@@ -431,8 +542,9 @@ def _huge(rng: random.Random) -> tuple[str, str | bytes]:
 
 
 def _refresh_token_wrong(rng: random.Random) -> tuple[str, str | bytes]:
-    value = rng.choice(["missing", None, 0, 1.5, True, "", [], {}, ["eyJ.a.b"], {"token": "x"},
-                        "t" * (MAX_TOKEN_CHARS + 1)])
+    value = rng.choice(
+        ["missing", None, 0, 1.5, True, "", [], {}, ["eyJ.a.b"], {"token": "x"}, "t" * (MAX_TOKEN_CHARS + 1)]
+    )
     frame: dict[str, Any] = {"type": "refresh_token"}
     if value != "missing":
         frame["token"] = value
@@ -443,11 +555,24 @@ def _valid(rng: random.Random) -> tuple[str, str | bytes]:
     choice = rng.random()
     if choice < 0.5:
         content = "".join(_code_point(rng) for _ in range(rng.randint(0, 40))).replace("\x00", "")
-        return _obj({"type": "editor_update", "content": content, "user_id": "ana", "user_name": "Ana (spoofed)",
-                     "client_msg_id": f"f{rng.randint(0, 10**9)}", "seq": 1})
+        return _obj(
+            {
+                "type": "editor_update",
+                "content": content,
+                "user_id": "ana",
+                "user_name": "Ana (spoofed)",
+                "client_msg_id": f"f{rng.randint(0, 10**9)}",
+                "seq": 1,
+            }
+        )
     if choice < 0.8:
-        return _obj({"type": "cursor_update", "cursor_position": {"lineNumber": rng.randint(1, 99), "column": 1},
-                     "user_id": "ana"})
+        return _obj(
+            {
+                "type": "cursor_update",
+                "cursor_position": {"lineNumber": rng.randint(1, 99), "column": 1},
+                "user_id": "ana",
+            }
+        )
     return _obj({"type": "ping"})
 
 
@@ -461,22 +586,88 @@ class Category:
 
 
 CATEGORIES = [
-    Category("invalid_json", "truncated frames, trailing junk, single quotes, NaN, empty text", 250, _invalid_json, True),
-    Category("random_unicode", "random code points of every plane, as text, as a type, as a key", 250, _random_unicode, True),
+    Category(
+        "invalid_json",
+        "truncated frames, trailing junk, single quotes, NaN, empty text",
+        250,
+        _invalid_json,
+        True,
+    ),
+    Category(
+        "random_unicode",
+        "random code points of every plane, as text, as a type, as a key",
+        250,
+        _random_unicode,
+        True,
+    ),
     Category("binary", "binary frames (random bytes, or JSON sent as binary)", 200, _binary, True),
     Category("not_an_object", "JSON arrays, strings, numbers, null, booleans", 200, _not_an_object, True),
     Category("missing_type", "objects without `type` (or `Type`, `type `)", 200, _missing_type, True),
-    Category("type_wrong_kind", "`type` as null, number, boolean, array, object", 200, _type_wrong_kind, True),
-    Category("unknown_type", "unknown types, case variants, server-only types, NUL and homoglyph types", 250, _unknown_type, True),
-    Category("editor_content_wrong", "editor_update with `content` missing, null, number, array, object", 250, _editor_content_wrong, True),
-    Category("cursor_wrong", "cursor_position missing, string, boolean, float, out-of-range int, over 1 KiB", 250, _cursor_wrong, True),
-    Category("client_msg_id_wrong", "client_msg_id empty, with spaces, 65 chars, non-ASCII, NUL, float, object", 200, _client_msg_id_wrong, True),
-    Category("deep_nesting", "arrays / objects nested 50 to 20000 deep in a cursor or an ignored field", 200, _deep_nesting, False),
-    Category("refresh_token_wrong", "refresh_token without a string token: missing, null, number, empty, list, object, over 8192 chars", 100, _refresh_token_wrong, True),
-    Category("lone_surrogates", "lone surrogates as JSON escapes in content, type, keys, cursor, id", 200, _lone_surrogates, True),
-    Category("nul", "NUL as an escape (valid in content) and raw (not JSON), in types, keys, ids", 150, _nul, False),
-    Category("huge", "strings up to the frame limit: content over the document limit, huge type / field / number / key count", 30, _huge, False),
-    Category("valid", "well-formed edits (with a spoofed user_id), cursors and pings, mixed in", 70, _valid, False),
+    Category(
+        "type_wrong_kind", "`type` as null, number, boolean, array, object", 200, _type_wrong_kind, True
+    ),
+    Category(
+        "unknown_type",
+        "unknown types, case variants, server-only types, NUL and homoglyph types",
+        250,
+        _unknown_type,
+        True,
+    ),
+    Category(
+        "editor_content_wrong",
+        "editor_update with `content` missing, null, number, array, object",
+        250,
+        _editor_content_wrong,
+        True,
+    ),
+    Category(
+        "cursor_wrong",
+        "cursor_position missing, string, boolean, float, out-of-range int, over 1 KiB",
+        250,
+        _cursor_wrong,
+        True,
+    ),
+    Category(
+        "client_msg_id_wrong",
+        "client_msg_id empty, with spaces, 65 chars, non-ASCII, NUL, float, object",
+        200,
+        _client_msg_id_wrong,
+        True,
+    ),
+    Category(
+        "deep_nesting",
+        "arrays / objects nested 50 to 20000 deep in a cursor or an ignored field",
+        200,
+        _deep_nesting,
+        False,
+    ),
+    Category(
+        "refresh_token_wrong",
+        "refresh_token without a string token: missing, null, number, empty, list, object, over 8192 chars",
+        100,
+        _refresh_token_wrong,
+        True,
+    ),
+    Category(
+        "lone_surrogates",
+        "lone surrogates as JSON escapes in content, type, keys, cursor, id",
+        200,
+        _lone_surrogates,
+        True,
+    ),
+    Category(
+        "nul", "NUL as an escape (valid in content) and raw (not JSON), in types, keys, ids", 150, _nul, False
+    ),
+    Category(
+        "huge",
+        "strings up to the frame limit: content over the document limit, huge type / field / number / key count",
+        30,
+        _huge,
+        False,
+    ),
+    Category(
+        "valid", "well-formed edits (with a spoofed user_id), cursors and pings, mixed in", 70, _valid, False
+    ),
 ]
 SEED = 20240604
 
@@ -506,7 +697,7 @@ def _send(conn: Any, kind: str, payload: str | bytes) -> None:
 def _answers_until_sentinel(client: Client, index: int) -> list[dict[str, Any]]:
     """Frames the server sent for one input: everything before the error naming our sentinel."""
     marker = f"'sentinel-{index}'"
-    got = []
+    got: list[dict[str, Any]] = []
     while True:
         frame = client.recv(timeout=20)
         if frame.get("type") == "error" and marker in frame.get("message", ""):
@@ -566,16 +757,22 @@ def _closing_inputs(replica: Replica, code: str) -> dict[str, str]:
     oversize.recv_type("room_state")
     payload = json.dumps({"type": "editor_update", "content": "x" * MAX_FRAME})
     oversize.conn.send(payload)
-    got[f"text frame of {len(payload)} bytes (over RELAY_MAX_FRAME_BYTES)"] = f"close {oversize.wait_closed()[0]}"
+    got[f"text frame of {len(payload)} bytes (over RELAY_MAX_FRAME_BYTES)"] = (
+        f"close {oversize.wait_closed()[0]}"
+    )
     invalid_utf8 = Client(replica.ws, code, token("fuzzer", name="Fuzzer"))
     invalid_utf8.recv_type("room_state")
     with invalid_utf8.conn.send_context():
         invalid_utf8.conn.protocol.send_text(b'{"type":"editor_update","content":"\xff\xfe"}')
     got["text frame that is not UTF-8"] = f"close {invalid_utf8.wait_closed()[0]}"
-    for label, value in [("refresh_token with a string that is not a JWT", "not-a-jwt"),
-                         ("refresh_token with a JWT signed with another secret",
-                          token("fuzzer", secret="another-secret-that-is-at-least-32-bytes-long")),
-                         ("refresh_token with another member's valid token", token("ana", name="Ana"))]:
+    for label, value in [
+        ("refresh_token with a string that is not a JWT", "not-a-jwt"),
+        (
+            "refresh_token with a JWT signed with another secret",
+            token("fuzzer", secret="another-secret-that-is-at-least-32-bytes-long"),
+        ),
+        ("refresh_token with another member's valid token", token("ana", name="Ana")),
+    ]:
         refresher = Client(replica.ws, code, token("fuzzer", name="Fuzzer"))
         refresher.recv_type("room_state")
         refresher.send({"type": "refresh_token", "token": value})
@@ -594,12 +791,18 @@ def test_every_bad_frame_gets_an_error_frame_and_the_socket_stays_open(fuzz_run:
 
 def test_inputs_that_close_get_the_protocol_close_codes(fuzz_run: FuzzRun) -> None:
     """Oversize frame: 1009; non-UTF-8 text: 1007; a refresh_token that is not this user's valid token: 4401."""
-    assert sorted(fuzz_run.closers.values()) == ["close 1007", "close 1009", "close 4401", "close 4401",
-                                                 "close 4401"], fuzz_run.closers
+    assert sorted(fuzz_run.closers.values()) == [
+        "close 1007",
+        "close 1009",
+        "close 4401",
+        "close 4401",
+        "close 4401",
+    ], fuzz_run.closers
 
 
-def test_room_still_works_for_everyone_after_the_fuzz(fuzz_replica: Replica, fuzz_run: FuzzRun,
-                                                      room_members: tuple[str, Listener, Listener]) -> None:
+def test_room_still_works_for_everyone_after_the_fuzz(
+    fuzz_replica: Replica, fuzz_run: FuzzRun, room_members: tuple[str, Listener, Listener]
+) -> None:
     """After the flood the replica is healthy, the others stayed connected, and edits continue the seq."""
     _, ana, ben = room_members
     assert httpx.get(f"{fuzz_replica.http}/api/health", timeout=10).status_code == 200
@@ -614,7 +817,10 @@ def test_room_still_works_for_everyone_after_the_fuzz(fuzz_replica: Replica, fuz
     last = seen[-1]["seq"]
     ana.send({"type": "editor_update", "content": "after the storm", "client_msg_id": "ana-1"})
     assert ana.wait_for(lambda f: f["type"] == "ack" and f.get("client_msg_id") == "ana-1")["seq"] == last + 1
-    assert ben.wait_for(lambda f: f["type"] == "editor_update" and f["seq"] == last + 1)["content"] == "after the storm"
+    assert (
+        ben.wait_for(lambda f: f["type"] == "editor_update" and f["seq"] == last + 1)["content"]
+        == "after the storm"
+    )
     ben.send({"type": "editor_update", "content": "still here", "client_msg_id": "ben-1"})
     assert ben.wait_for(lambda f: f["type"] == "ack" and f.get("client_msg_id") == "ben-1")["seq"] == last + 2
     assert ana.wait_for(lambda f: f["type"] == "editor_update" and f["seq"] == last + 2)["user_id"] == "ben"
@@ -653,7 +859,11 @@ BAD_CODES = [
     BadCode("space inside", "ABC%20DEF", "ABC DEF"),
     BadCode("? and #", "AB%3FC%23D", "AB?C#D"),
     BadCode("unicode letter", "%C3%84BCDEF", "\u00c4BCDEF"),
-    BadCode("fullwidth letters", "%EF%BC%A1%EF%BC%A2%EF%BC%A3%EF%BC%A4%EF%BC%A5%EF%BC%A6", "\uff21\uff22\uff23\uff24\uff25\uff26"),
+    BadCode(
+        "fullwidth letters",
+        "%EF%BC%A1%EF%BC%A2%EF%BC%A3%EF%BC%A4%EF%BC%A5%EF%BC%A6",
+        "\uff21\uff22\uff23\uff24\uff25\uff26",
+    ),
     BadCode("Cyrillic lookalikes", "%D0%90%D0%92%D0%A1DEF", "\u0410\u0412\u0421DEF"),
     BadCode("long s (uppercases to S)", "%C5%BF" * 6, "\u017f" * 6),
     BadCode("sharp s (uppercases to SS)", "%C3%9F" * 3, "\u00df" * 3),
@@ -664,7 +874,11 @@ BAD_CODES = [
 
 
 # Room keys carry a valid code; quota keys a 32-hex-digit hash of a user id or client address.
-KEY_PATTERN = re.compile(r"relay:\{[" + CODE_ALPHABET + r"]{6}\}:[a-z]+|relay:limit:(create|joinfail:user|joinfail:addr):[0-9a-f]{32}")
+KEY_PATTERN = re.compile(
+    r"relay:\{["
+    + CODE_ALPHABET
+    + r"]{6}\}:[a-z]+|relay:limit:(create|joinfail:user|joinfail:addr):[0-9a-f]{32}"
+)
 
 
 def _raw_http(replica: Replica, method: str, path: str, bearer: str) -> str:
@@ -710,7 +924,9 @@ JOIN_QUOTA_READS: set[str] = set()
 
 def _ran(watch: RedisWatch, before: dict[str, int]) -> dict[str, int]:
     after = watch.calls()
-    return {name: calls - before.get(name, 0) for name, calls in after.items() if calls != before.get(name, 0)}
+    return {
+        name: calls - before.get(name, 0) for name, calls in after.items() if calls != before.get(name, 0)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -727,8 +943,14 @@ def code_findings(fuzz_replica: Replica, watch: RedisWatch) -> list[CodeFinding]
         }
         url_commands = _ran(watch, calls)
         calls = watch.calls()
-        answers["join body"] = check_http_answer(httpx.post(
-            f"{fuzz_replica.http}/api/join-room", headers=auth(bearer), json={"room_code": bad.body}, timeout=10))
+        answers["join body"] = check_http_answer(
+            httpx.post(
+                f"{fuzz_replica.http}/api/join-room",
+                headers=auth(bearer),
+                json={"room_code": bad.body},
+                timeout=10,
+            )
+        )
         join_commands = _ran(watch, calls)
         keys_after = watch.keys()
         found.append(CodeFinding(bad, answers, url_commands, join_commands, keys_after - keys_before))
@@ -737,23 +959,34 @@ def code_findings(fuzz_replica: Replica, watch: RedisWatch) -> list[CodeFinding]
 
 
 @pytest.mark.parametrize("index", range(len(BAD_CODES)), ids=[bad.label for bad in BAD_CODES])
-def test_bad_room_code_is_refused_before_any_redis_access(code_findings: list[CodeFinding], index: int) -> None:
+def test_bad_room_code_is_refused_before_any_redis_access(
+    code_findings: list[CodeFinding], index: int
+) -> None:
     """A bad code gets 422 / close 4400 (an unroutable path 404 / a refused handshake) and touches no room key."""
     finding = code_findings[index]
     if finding.bad.routed:
-        expected = {"GET": "422 bad_request", "DELETE": "422 bad_request", "WS": "close 4400",
-                    "join body": "422 bad_request"}
+        expected = {
+            "GET": "422 bad_request",
+            "DELETE": "422 bad_request",
+            "WS": "close 4400",
+            "join body": "422 bad_request",
+        }
     else:
-        expected = {"GET": "404 not_found", "DELETE": "404 not_found", "WS": "HTTP 403",
-                    "join body": "422 bad_request"}
+        expected = {
+            "GET": "404 not_found",
+            "DELETE": "404 not_found",
+            "WS": "HTTP 403",
+            "join body": "422 bad_request",
+        }
     assert finding.answers == expected
     assert finding.url_commands == {}
     assert set(finding.join_commands) <= JOIN_QUOTA_READS
     assert finding.new_keys == set()
 
 
-def test_every_key_is_named_by_a_valid_code(code_findings: list[CodeFinding], watch: RedisWatch,
-                                            room_members: tuple[str, Listener, Listener]) -> None:
+def test_every_key_is_named_by_a_valid_code(
+    code_findings: list[CodeFinding], watch: RedisWatch, room_members: tuple[str, Listener, Listener]
+) -> None:
     """After all the bad codes, every relay key is named by a valid code or by a quota's hash, never by input."""
     keys = watch.keys()
     assert keys, "the probes ran against an empty Redis: the fuzz room should be there"
@@ -775,7 +1008,10 @@ def test_unknown_room_codes_do_not_create_keys(fuzz_replica: Replica, watch: Red
 
 
 def _commands(ran: dict[str, int]) -> str:
-    return ", ".join(f"{name.removeprefix('cmdstat_')} x{count}" for name, count in sorted(ran.items())) or "none"
+    return (
+        ", ".join(f"{name.removeprefix('cmdstat_')} x{count}" for name, count in sorted(ran.items()))
+        or "none"
+    )
 
 
 def render_findings(run: FuzzRun, codes: list[CodeFinding], bodies: list[tuple[str, str, str]]) -> str:
@@ -798,7 +1034,9 @@ def render_findings(run: FuzzRun, codes: list[CodeFinding], bodies: list[tuple[s
         "|---|---|---|---|",
     ]
     for cat in CATEGORIES:
-        got = ", ".join(f"{outcome} x{count}" for outcome, count in sorted(run.outcomes.get(cat.name, Counter()).items()))
+        got = ", ".join(
+            f"{outcome} x{count}" for outcome, count in sorted(run.outcomes.get(cat.name, Counter()).items())
+        )
         example = run.examples.get(cat.name, "").replace("|", "\\|").replace("`", "'")
         lines.append(f"| {cat.name}: {cat.what} | {cat.count} | {got} | `{example}` |")
     lines += ["", "## Inputs that end the connection", "", "| input | got |", "|---|---|"]
@@ -816,10 +1054,16 @@ def render_findings(run: FuzzRun, codes: list[CodeFinding], bodies: list[tuple[s
         "|---|---|---|---|---|---|---|---|",
     ]
     for finding in codes:
-        segment = finding.bad.segment if len(finding.bad.segment) <= 40 else f"{finding.bad.segment[:12]}... ({len(finding.bad.segment)} chars)"
+        segment = (
+            finding.bad.segment
+            if len(finding.bad.segment) <= 40
+            else f"{finding.bad.segment[:12]}... ({len(finding.bad.segment)} chars)"
+        )
         a = finding.answers
-        lines.append(f"| {finding.bad.label} | `{segment}` | {a['GET']} | {a['DELETE']} | {a['WS']} | {a['join body']} "
-                     f"| {_commands(finding.url_commands)} | {_commands(finding.join_commands)} |")
+        lines.append(
+            f"| {finding.bad.label} | `{segment}` | {a['GET']} | {a['DELETE']} | {a['WS']} | {a['join body']} "
+            f"| {_commands(finding.url_commands)} | {_commands(finding.join_commands)} |"
+        )
     lines += ["", "## Bad HTTP bodies", "", "| body | create-room | join-room |", "|---|---|---|"]
     lines += [f"| {label} | {create} | {join} |" for label, create, join in bodies]
     lines += [
@@ -837,8 +1081,12 @@ def render_findings(run: FuzzRun, codes: list[CodeFinding], bodies: list[tuple[s
     return "\n".join(lines)
 
 
-def test_findings_document_is_current(fuzz_run: FuzzRun, code_findings: list[CodeFinding],
-                                      body_findings: list[tuple[str, str, str]]) -> None:
+def test_findings_document_is_current(
+    fuzz_run: FuzzRun, code_findings: list[CodeFinding], body_findings: list[tuple[str, str, str]]
+) -> None:
     """docs/fuzz-findings.md lists exactly what this run's bad inputs got."""
-    check_generated_doc(DOCS / "fuzz-findings.md", render_findings(fuzz_run, code_findings, body_findings),
-                        "tests/test_fuzz.py")
+    check_generated_doc(
+        DOCS / "fuzz-findings.md",
+        render_findings(fuzz_run, code_findings, body_findings),
+        "tests/test_fuzz.py",
+    )

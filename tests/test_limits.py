@@ -29,17 +29,20 @@ from tests.support import (
 
 @pytest.fixture(scope="module")
 def limited(redis_server: RedisServer) -> Iterator[Replica]:
-    replica = Replica({
-        "REDIS_URL": redis_server.url,
-        "RELAY_RATE_PER_SECOND": "5",
-        "RELAY_RATE_BURST": "10",
-        "RELAY_MAX_CONNECTIONS_PER_USER": "2",
-        "RELAY_MAX_CONNECTIONS_PER_ROOM": "3",
-        "RELAY_MAX_MEMBERS": "3",
-        "RELAY_CREATE_LIMIT": "3",
-        "RELAY_TOKEN_EXPIRY_WARNING": "2",
-        "RELAY_SEND_QUEUE": "8",
-    }, name="limited").start()
+    replica = Replica(
+        {
+            "REDIS_URL": redis_server.url,
+            "RELAY_RATE_PER_SECOND": "5",
+            "RELAY_RATE_BURST": "10",
+            "RELAY_MAX_CONNECTIONS_PER_USER": "2",
+            "RELAY_MAX_CONNECTIONS_PER_ROOM": "3",
+            "RELAY_MAX_MEMBERS": "3",
+            "RELAY_CREATE_LIMIT": "3",
+            "RELAY_TOKEN_EXPIRY_WARNING": "2",
+            "RELAY_SEND_QUEUE": "8",
+        },
+        name="limited",
+    ).start()
     yield replica
     replica.stop()
 
@@ -59,7 +62,9 @@ def test_burst_passes_flood_is_refused_then_closed(limited: Replica) -> None:
     for n in range(10):
         flooder.send({"type": "cursor_update", "cursor_position": {"n": n}})
     flooder.send({"type": "editor_update", "content": "x", "client_msg_id": "over"})
-    assert [f["cursor_position"]["n"] for f in (other.recv_type("cursor_update") for _ in range(10))] == list(range(10))
+    assert [f["cursor_position"]["n"] for f in (other.recv_type("cursor_update") for _ in range(10))] == list(
+        range(10)
+    )
     refused = flooder.recv_type("error")
     assert refused["code"] == "rate_limited" and refused["client_msg_id"] == "over"
     assert [f for f in flooder.frames if f.get("type") == "error"] == [refused]
@@ -96,7 +101,9 @@ def test_members_per_room(limited: Replica) -> None:
     code = create_room(limited.http, owner)
     join_room(limited.http, token("m1"), code)
     join_room(limited.http, token("m2"), code)
-    full = httpx.post(f"{limited.http}/api/join-room", headers=auth(token("m3")), json={"room_code": code}, timeout=5)
+    full = httpx.post(
+        f"{limited.http}/api/join-room", headers=auth(token("m3")), json={"room_code": code}, timeout=5
+    )
     assert full.status_code == 409 and full.json()["code"] == "room_full"
     assert join_room(limited.http, token("m1"), code)["role"] == "candidate"
 
@@ -127,15 +134,22 @@ def test_guessing_room_codes_is_limited_per_user_and_per_address() -> None:
 def _guess(limited: Replica) -> None:
     guesser = token(unique("guesser"))
     for guess in ("AAAAAA", "BBBBBB", "CCCCCC"):
-        response = httpx.post(f"{limited.http}/api/join-room", headers=auth(guesser), json={"room_code": guess},
-                              timeout=5)
+        response = httpx.post(
+            f"{limited.http}/api/join-room", headers=auth(guesser), json={"room_code": guess}, timeout=5
+        )
         assert response.status_code in (404, 429)
     real = create_room(limited.http, token(unique("host")))
-    blocked = httpx.post(f"{limited.http}/api/join-room", headers=auth(guesser), json={"room_code": real}, timeout=5)
+    blocked = httpx.post(
+        f"{limited.http}/api/join-room", headers=auth(guesser), json={"room_code": real}, timeout=5
+    )
     assert blocked.status_code == 429 and "Retry-After" in blocked.headers
     # same address (127.0.0.1), a new account: still blocked
-    fresh = httpx.post(f"{limited.http}/api/join-room", headers=auth(token(unique("sock-puppet"))),
-                       json={"room_code": real}, timeout=5)
+    fresh = httpx.post(
+        f"{limited.http}/api/join-room",
+        headers=auth(token(unique("sock-puppet"))),
+        json={"room_code": real},
+        timeout=5,
+    )
     assert fresh.status_code == 429
 
 
@@ -179,18 +193,28 @@ def test_removed_member_is_disconnected_and_cannot_come_back(limited: Replica) -
     interviewer.recv_type("room_state")
     candidate.recv_type("room_state")
     url = f"{limited.http}/api/room/{code}/members/{bob_id}"
-    assert httpx.delete(f"{limited.http}/api/room/{code}/members/{alice_id}", headers=auth(bob),
-                        timeout=5).status_code == 403
+    assert (
+        httpx.delete(
+            f"{limited.http}/api/room/{code}/members/{alice_id}", headers=auth(bob), timeout=5
+        ).status_code
+        == 403
+    )
     assert httpx.delete(url, headers=auth(alice), timeout=5).status_code == 200
     assert candidate.recv_type("member_removed")["user_id"] == bob_id
     assert candidate.wait_closed()[0] == 4403
     assert interviewer.recv_type("member_removed")["user_id"] == bob_id
-    rejoin = httpx.post(f"{limited.http}/api/join-room", headers=auth(bob), json={"room_code": code}, timeout=5)
+    rejoin = httpx.post(
+        f"{limited.http}/api/join-room", headers=auth(bob), json={"room_code": code}, timeout=5
+    )
     assert rejoin.status_code == 403 and rejoin.json()["code"] == "member_removed"
     assert open_refused(limited.ws, code, f"?token={bob}")[0] == 4403
     assert httpx.delete(url, headers=auth(alice), timeout=5).status_code == 404
-    assert httpx.delete(f"{limited.http}/api/room/{code}/members/{alice_id}", headers=auth(alice),
-                        timeout=5).status_code == 403
+    assert (
+        httpx.delete(
+            f"{limited.http}/api/room/{code}/members/{alice_id}", headers=auth(alice), timeout=5
+        ).status_code
+        == 403
+    )
 
 
 def _stalled_socket(replica: Replica, code: str, user_token: str) -> socket.socket:

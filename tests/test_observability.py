@@ -59,8 +59,12 @@ def test_logs_are_json_lines_with_ids_and_no_tokens(redis_server: RedisServer) -
     try:
         alice = token("alice")
         code = create_room(replica.http, alice)
-        response = httpx.post(f"{replica.http}/api/join-room", headers={**auth(alice), "X-Request-ID": "req-42"},
-                              json={"room_code": code}, timeout=5)
+        response = httpx.post(
+            f"{replica.http}/api/join-room",
+            headers={**auth(alice), "X-Request-ID": "req-42"},
+            json={"room_code": code},
+            timeout=5,
+        )
         assert response.headers["X-Request-ID"] == "req-42"
         client = Client(replica.ws, code, alice)
         connection_id = client.recv_type("room_state")["you"]["connection_id"]
@@ -76,8 +80,10 @@ def test_logs_are_json_lines_with_ids_and_no_tokens(redis_server: RedisServer) -
 
 def test_several_workers_each_subscribe_and_share_rooms(redis_server: RedisServer) -> None:
     """relay serve --workers 2: each worker has its own pub/sub link; sockets on both see each other's edits."""
-    replica = Replica({"REDIS_URL": redis_server.url, "RELAY_WORKERS": "2",
-                       "RELAY_MAX_CONNECTIONS_PER_USER": "100"}, name="workers").start()
+    replica = Replica(
+        {"REDIS_URL": redis_server.url, "RELAY_WORKERS": "2", "RELAY_MAX_CONNECTIONS_PER_USER": "100"},
+        name="workers",
+    ).start()
     client = redis.Redis.from_url(redis_server.url)
     sockets: list[Client] = []
     try:
@@ -104,8 +110,11 @@ def test_several_workers_each_subscribe_and_share_rooms(redis_server: RedisServe
         sockets[0].send({"type": "editor_update", "content": "from one worker"})
         for other in sockets[1:]:
             assert other.recv_type("editor_update")["content"] == "from one worker"
-        wait_for(lambda: metric(httpx.get(f"{replica.http}/metrics", timeout=5).text, "relay_connections") == 5,
-                 10, "metrics of both workers added up")
+        wait_for(
+            lambda: metric(httpx.get(f"{replica.http}/metrics", timeout=5).text, "relay_connections") == 5,
+            10,
+            "metrics of both workers added up",
+        )
     finally:
         for tab in sockets:
             tab.close()

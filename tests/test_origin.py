@@ -33,8 +33,9 @@ def user(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def listed(redis_server: RedisServer) -> Iterator[Replica]:
-    with running({**PRODUCTION, "REDIS_URL": redis_server.url, "RELAY_ALLOWED_ORIGINS": ALLOWED},
-                 "origin-listed") as replica:
+    with running(
+        {**PRODUCTION, "REDIS_URL": redis_server.url, "RELAY_ALLOWED_ORIGINS": ALLOWED}, "origin-listed"
+    ) as replica:
         yield replica
 
 
@@ -54,8 +55,9 @@ def handshake(replica: Replica, code: str, bearer: str, origin: str | None) -> s
     """'room_state' when the socket opens, 'HTTP <status>' when the upgrade is refused."""
     headers = {"Origin": origin} if origin is not None else None
     try:
-        conn = connect(f"{replica.ws}/ws/{code}?token={bearer}", additional_headers=headers, open_timeout=10,
-                       legacy=True)
+        conn = connect(
+            f"{replica.ws}/ws/{code}?token={bearer}", additional_headers=headers, open_timeout=10, legacy=True
+        )
     except InvalidStatus as refused:
         body = json.loads(refused.response.body or b"{}")
         assert body.get("code") == "origin_not_allowed", body
@@ -85,10 +87,15 @@ def test_allowed_origin_and_non_browser_clients_connect(listed: Replica) -> None
 
 
 def preflight(replica: Replica, origin: str, path: str = "/api/create-room") -> httpx.Response:
-    return httpx.options(f"{replica.http}{path}", timeout=10, headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type",
-    })
+    return httpx.options(
+        f"{replica.http}{path}",
+        timeout=10,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
 
 
 def test_cors_preflight_answers_only_the_allowed_origin(listed: Replica) -> None:
@@ -106,11 +113,19 @@ def test_cors_preflight_answers_only_the_allowed_origin(listed: Replica) -> None
 
 def test_cors_actual_response_is_readable_only_by_the_allowed_origin(listed: Replica) -> None:
     """A create-room response carries Access-Control-Allow-Origin for the allowed origin only."""
-    ok = httpx.post(f"{listed.http}/api/create-room", json={}, timeout=10,
-                    headers={**auth(user("owner")), "Origin": ALLOWED})
+    ok = httpx.post(
+        f"{listed.http}/api/create-room",
+        json={},
+        timeout=10,
+        headers={**auth(user("owner")), "Origin": ALLOWED},
+    )
     assert ok.headers.get("access-control-allow-origin") == ALLOWED
-    foreign = httpx.post(f"{listed.http}/api/create-room", json={}, timeout=10,
-                         headers={**auth(user("owner")), "Origin": "https://evil.example"})
+    foreign = httpx.post(
+        f"{listed.http}/api/create-room",
+        json={},
+        timeout=10,
+        headers={**auth(user("owner")), "Origin": "https://evil.example"},
+    )
     assert "access-control-allow-origin" not in foreign.headers
 
 
@@ -120,8 +135,13 @@ def test_production_without_a_list_allows_only_the_same_origin(unlisted: Replica
     same = f"http://127.0.0.1:{unlisted.port}"
     assert handshake(unlisted, code, user("dina"), same) == "room_state"
     assert handshake(unlisted, code, user("dina"), None) == "room_state"
-    for origin in ["https://evil.example", f"http://localhost:{unlisted.port}", "http://127.0.0.1:1",
-                   f"http://127.0.0.1:{unlisted.port}.evil.example", "null"]:
+    for origin in [
+        "https://evil.example",
+        f"http://localhost:{unlisted.port}",
+        "http://127.0.0.1:1",
+        f"http://127.0.0.1:{unlisted.port}.evil.example",
+        "null",
+    ]:
         assert handshake(unlisted, code, user("dina"), origin) == "HTTP 403", origin
 
 
@@ -129,6 +149,10 @@ def test_production_without_a_list_grants_no_cors(unlisted: Replica) -> None:
     """No RELAY_ALLOWED_ORIGINS in production: no cross-origin page is granted the API."""
     for origin in ["https://evil.example", f"http://localhost:{unlisted.port}"]:
         assert "access-control-allow-origin" not in preflight(unlisted, origin).headers
-        response = httpx.post(f"{unlisted.http}/api/create-room", json={}, timeout=10,
-                              headers={**auth(user("owner")), "Origin": origin})
+        response = httpx.post(
+            f"{unlisted.http}/api/create-room",
+            json={},
+            timeout=10,
+            headers={**auth(user("owner")), "Origin": origin},
+        )
         assert "access-control-allow-origin" not in response.headers

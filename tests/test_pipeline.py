@@ -30,13 +30,16 @@ def test_concurrent_calls_share_round_trips_and_keep_each_callers_order(redis_se
             return lengths
 
         results = await asyncio.gather(*(caller(n) for n in range(500)))
-        items = [item.decode() for item in await client.lrange(key, 0, -1)]
+        items = [
+            item.decode() if isinstance(item, bytes) else item for item in await client.lrange(key, 0, -1)
+        ]
         positions = {item: index for index, item in enumerate(items)}
         for n in range(500):
             steps = [positions[f"{n}:{step}"] for step in range(4)]
             assert steps == sorted(steps), f"caller {n}'s calls were reordered"
         connections = len(client.connection_pool._available_connections) + len(
-            client.connection_pool._in_use_connections)
+            client.connection_pool._in_use_connections
+        )
         await client.delete(key)
         await pipeline.aclose()
         await client.aclose()
@@ -72,8 +75,9 @@ def test_every_caller_of_a_failed_batch_gets_the_error() -> None:
         client = aioredis.Redis.from_url(url, socket_connect_timeout=1)
         pipeline = ScriptPipeline(client)
         script = client.register_script("return 1")
-        outcomes = await asyncio.gather(*(pipeline.call(script, [], []) for _ in range(20)),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(pipeline.call(script, [], []) for _ in range(20)), return_exceptions=True
+        )
         await pipeline.aclose()
         await client.aclose()
         return list(outcomes)
@@ -88,8 +92,9 @@ def test_script_errors_reach_only_their_caller(redis_server: RedisServer) -> Non
         pipeline = ScriptPipeline(client)
         good = client.register_script("return 'ok'")
         bad = client.register_script("return redis.error_reply('nope')")
-        outcomes = await asyncio.gather(pipeline.call(bad, [], []), pipeline.call(good, [], []),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            pipeline.call(bad, [], []), pipeline.call(good, [], []), return_exceptions=True
+        )
         await pipeline.aclose()
         await client.aclose()
         return outcomes[0], outcomes[1]

@@ -15,7 +15,9 @@ def parse(text: str) -> object:
 
 
 def test_editor_update_keeps_content_verbatim_and_drops_claimed_identity() -> None:
-    frame = parse('{"type":"editor_update","content":"a\\u0000\\n\\ud83d\\ude00","user_id":"x","cursor_position":{"l":1}}')
+    frame = parse(
+        '{"type":"editor_update","content":"a\\u0000\\n\\ud83d\\ude00","user_id":"x","cursor_position":{"l":1}}'
+    )
     assert frame == EditorUpdate(content="a\x00\n\U0001f600", cursor_position={"l": 1}, client_msg_id=None)
 
 
@@ -55,7 +57,9 @@ def test_deep_nesting_is_refused_not_crashing() -> None:
 
 
 def test_cursor_and_ping_frames() -> None:
-    assert parse('{"type":"cursor_update","cursor_position":{"lineNumber":2}}') == CursorUpdate({"lineNumber": 2})
+    assert parse('{"type":"cursor_update","cursor_position":{"lineNumber":2}}') == CursorUpdate(
+        {"lineNumber": 2}
+    )
     assert parse('{"type":"ping"}') == Ping()
 
 

@@ -24,8 +24,16 @@ def test_edit_on_one_replica_reaches_member_on_the_other(two_replicas: list[Repl
     candidate = Client(b.ws, code, bob)
     candidate.recv_type("room_state")
 
-    candidate.send({"type": "editor_update", "content": "print('hi')", "cursor_position": {"lineNumber": 1},
-                    "user_id": "alice", "user_name": "Mallory", "client_msg_id": "m1"})
+    candidate.send(
+        {
+            "type": "editor_update",
+            "content": "print('hi')",
+            "cursor_position": {"lineNumber": 1},
+            "user_id": "alice",
+            "user_name": "Mallory",
+            "client_msg_id": "m1",
+        }
+    )
     ack = candidate.recv_type("ack")
     assert ack == {"type": "ack", "seq": 1, "client_msg_id": "m1"}
     edit = interviewer.recv_type("editor_update")
@@ -111,8 +119,12 @@ def test_closing_the_room_ends_every_socket_on_both_replicas(two_replicas: list[
         assert closed["room_code"] == code and closed["seq"] >= 1
         close_code, _ = client.wait_closed()
         assert close_code == 4410
-    assert httpx.post(f"{a.http}/api/join-room", headers=auth(token("carol")), json={"room_code": code},
-                      timeout=5).status_code == 410
+    assert (
+        httpx.post(
+            f"{a.http}/api/join-room", headers=auth(token("carol")), json={"room_code": code}, timeout=5
+        ).status_code
+        == 410
+    )
     assert open_refused(b.ws, code, f"?token={bob}")[0] == 4410
 
 

@@ -50,12 +50,27 @@ class Session:
         self.answers.append(str(client.conn.close_reason or ""))
 
 
-def mint(jwks: JwksServer, user: str, *, secret: str = SESSION_SECRET, ttl: int = 600, es256: bool = False,
-         **claims: Any) -> str:
+def mint(
+    jwks: JwksServer,
+    user: str,
+    *,
+    secret: str = SESSION_SECRET,
+    ttl: int = 600,
+    es256: bool = False,
+    **claims: Any,
+) -> str:
     now = int(time.time())
-    payload = {"sub": user, "aud": "authenticated", "role": "authenticated", "iat": now, "exp": now + ttl,
-               "iss": f"{jwks.url}/auth/v1", "email": f"{user}@example.test",
-               "user_metadata": {"full_name": user.title()}, **claims}
+    payload = {
+        "sub": user,
+        "aud": "authenticated",
+        "role": "authenticated",
+        "iat": now,
+        "exp": now + ttl,
+        "iss": f"{jwks.url}/auth/v1",
+        "email": f"{user}@example.test",
+        "user_metadata": {"full_name": user.title()},
+        **claims,
+    }
     if es256:
         return jwt.encode(payload, jwks.private_key, algorithm="ES256", headers={"kid": KID})
     return jwt.encode(payload, secret, algorithm="HS256")
@@ -104,7 +119,9 @@ def _run_session(replica: Replica, jwks: JwksServer) -> Session:
     carl = s.token(mint(jwks, "carl"))
     dave = s.token(mint(jwks, "dave"))
     # REST with Authorization: Bearer
-    created = s.heard(httpx.post(f"{base}/api/create-room", headers=auth(ines), json={"title": "t"}, timeout=10))
+    created = s.heard(
+        httpx.post(f"{base}/api/create-room", headers=auth(ines), json={"title": "t"}, timeout=10)
+    )
     code = created.json()["room_code"]
     for user in (carl, dave):
         s.heard(httpx.post(f"{base}/api/join-room", headers=auth(user), json={"room_code": code}, timeout=10))
@@ -141,16 +158,28 @@ def _run_session(replica: Replica, jwks: JwksServer) -> Session:
     # Token-shaped strings that are not valid tokens, everywhere a token can travel.
     forged = s.token(mint(jwks, "mallory", secret="forged-secret-that-is-long-enough!!"))
     expired = s.token(mint(jwks, "carl", ttl=-120))
-    not_eyj = s.token(f"{b64url(b'not-a-header-at-all')}.{b64url(b'or-a-payload')}.{b64url(b'secret-looking-signature-bytes')}")
+    not_eyj = s.token(
+        f"{b64url(b'not-a-header-at-all')}.{b64url(b'or-a-payload')}.{b64url(b'secret-looking-signature-bytes')}"
+    )
     for bad in (forged, expired, not_eyj):
         # Where relay reads tokens: every one of them, JWT-shaped or not, stays out of the log.
         s.heard(httpx.post(f"{base}/api/create-room", headers=auth(bad), json={}, timeout=10))
-        s.heard(httpx.post(f"{base}/api/join-room", headers={"Authorization": f"bearer  {bad}"},
-                           json={"room_code": code}, timeout=10))
+        s.heard(
+            httpx.post(
+                f"{base}/api/join-room",
+                headers={"Authorization": f"bearer  {bad}"},
+                json={"room_code": code},
+                timeout=10,
+            )
+        )
         s.heard(httpx.get(f"{base}/api/room/{code}", headers={"Authorization": f"Token {bad}"}, timeout=10))
         s.heard(httpx.post(f"{base}/api/join-room", headers=auth(carl), json={"room_code": bad}, timeout=10))
-        for path, headers in [(f"/ws/{code}?token={bad}", None), (f"/ws/{code}?access_token={bad}", None),
-                              (f"/ws/{code}", auth(bad)), (f"/ws/{code}?token={bad}", {"Origin": "https://evil.example"})]:
+        for path, headers in [
+            (f"/ws/{code}?token={bad}", None),
+            (f"/ws/{code}?access_token={bad}", None),
+            (f"/ws/{code}", auth(bad)),
+            (f"/ws/{code}?token={bad}", {"Origin": "https://evil.example"}),
+        ]:
             s.answers.append(refused_ws(replica, path, headers)[1])
     for bad in (forged, expired):
         # Where a token does not belong (pasted into the path or last_seq): JWT-shaped ones are still hidden.
@@ -172,7 +201,7 @@ def _run_session(replica: Replica, jwks: JwksServer) -> Session:
 
 
 def fragments(secret: str, size: int = 12) -> set[str]:
-    return {secret[i:i + size] for i in range(len(secret) - size + 1)}
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
 
 
 def leaks(text: str, session: Session) -> list[str]:
@@ -192,7 +221,9 @@ def test_logs_hold_no_token_signature_or_secret(session: tuple[Replica, Session]
     """A full session at debug level (query, header and refresh-frame tokens, bad ones too) logs no secret."""
     replica, s = session
     log = replica.log()
-    assert "WebSocket /ws/" in log and "?token=[redacted]" in log, "the session's requests should be in the log"
+    assert "WebSocket /ws/" in log and "?token=[redacted]" in log, (
+        "the session's requests should be in the log"
+    )
     leaking = [(line[:300], leaks(line, s)) for line in log.splitlines() if leaks(line, s)]
     assert leaking == []
 
@@ -218,8 +249,10 @@ def test_unknown_paths_do_not_echo_a_token(session: tuple[Replica, Session]) -> 
     ("env", "needle"),
     [
         ({"SUPABASE_JWT_SECRET": f"  {DEV_JWT_SECRET}\t"}, "public development secret"),
-        ({"SUPABASE_JWT_SECRET": DEV_JWT_SECRET, "SUPABASE_URL": "https://abc.supabase.co"},
-         "public development secret"),
+        (
+            {"SUPABASE_JWT_SECRET": DEV_JWT_SECRET, "SUPABASE_URL": "https://abc.supabase.co"},
+            "public development secret",
+        ),
         ({"SUPABASE_JWT_SECRET": DEV_JWT_SECRET, "RELAY_DEV_MODE": "false"}, "public development secret"),
         ({"SUPABASE_JWT_SECRET": DEV_JWT_SECRET, "RELAY_DEV_MODE": "0"}, "public development secret"),
         ({"SUPABASE_JWT_SECRET": "x" * 31}, "at least 32 bytes, got 31"),
@@ -228,8 +261,17 @@ def test_unknown_paths_do_not_echo_a_token(session: tuple[Replica, Session]) -> 
         ({"SUPABASE_JWT_SECRET": "short", "SUPABASE_URL": "https://abc.supabase.co"}, "at least 32 bytes"),
         ({"SUPABASE_JWT_SECRET": " " * 40}, "no Supabase settings"),
     ],
-    ids=["dev-secret-padded", "dev-secret-with-jwks", "dev-mode-false", "dev-mode-0", "31-bytes",
-         "30-bytes-in-10-chars", "padded-short", "short-with-jwks", "blank"],
+    ids=[
+        "dev-secret-padded",
+        "dev-secret-with-jwks",
+        "dev-mode-false",
+        "dev-mode-0",
+        "31-bytes",
+        "30-bytes-in-10-chars",
+        "padded-short",
+        "short-with-jwks",
+        "blank",
+    ],
 )
 def test_production_refuses_weak_or_public_secrets(env: dict[str, str], needle: str) -> None:
     """Production mode will not start with the development secret or under 32 bytes, and never echoes it."""
@@ -246,7 +288,13 @@ def test_production_refuses_the_dev_secret_from_an_env_file(tmp_path: Path) -> N
     (tmp_path / ".env").write_text(f"SUPABASE_JWT_SECRET={DEV_JWT_SECRET}\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "SUPABASE_", "REDIS_"))}
     clean["PYTHONPATH"] = str(REPO)
-    result = subprocess.run([sys.executable, "-m", "relay.cli", "serve", "--port", "1"], env=clean, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "serve", "--port", "1"],
+        env=clean,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2 and "public development secret" in result.stderr
     assert DEV_JWT_SECRET not in result.stderr

@@ -30,8 +30,16 @@ class Figures:
 
 
 class Typist(threading.Thread):
-    def __init__(self, name: str, user_token: str, code: str, urls: Callable[[], list[str]], count: int,
-                 *, pause: float = 0.01) -> None:
+    def __init__(
+        self,
+        name: str,
+        user_token: str,
+        code: str,
+        urls: Callable[[], list[str]],
+        count: int,
+        *,
+        pause: float = 0.01,
+    ) -> None:
         super().__init__(name=f"typist-{name}", daemon=True)
         self.user = name
         self.token = user_token
@@ -83,8 +91,9 @@ class Typist(threading.Thread):
                 raise TimeoutError(f"{self.user}: {msg_id} never acknowledged")
             try:
                 assert self._conn is not None
-                self._conn.send(json.dumps({"type": "editor_update", "content": content,
-                                            "client_msg_id": msg_id}))
+                self._conn.send(
+                    json.dumps({"type": "editor_update", "content": content, "client_msg_id": msg_id})
+                )
                 answered = self._read_until(lambda: msg_id in self.acked or self._refused == msg_id, 10)
                 if self._refused == msg_id:
                     self._refused = None
@@ -133,7 +142,12 @@ class Typist(threading.Thread):
                 query = f"?token={self.token}" + (f"&last_seq={self.last_seq}" if self.seqs else "")
                 try:
                     conn = connect(f"{url}/ws/{self.code}{query}", open_timeout=3, legacy=True)
-                except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed):  # e.g. killed mid-handshake
+                except (
+                    OSError,
+                    InvalidHandshake,
+                    TimeoutError,
+                    ConnectionClosed,
+                ):  # e.g. killed mid-handshake
                     continue
                 try:
                     first = json.loads(conn.recv(timeout=5))
