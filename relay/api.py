@@ -23,7 +23,8 @@ from relay.errors import (
     Unauthorized,
     Unavailable,
 )
-from relay.rooms import INTERVIEWER, normalize_code
+from relay.keys import normalize_code
+from relay.rooms import INTERVIEWER
 from relay.services import Services
 
 logger = logging.getLogger("relay.api")

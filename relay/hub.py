@@ -19,8 +19,8 @@ from relay import metrics
 from relay.auth import Identity
 from relay.bus import Bus, Disconnected, Message, Reconnected
 from relay.errors import RelayError, SlowConsumer
+from relay.keys import RoomKeys, code_of_channel
 from relay.protocol import Envelope, encode, now_ms
-from relay.rooms import RoomKeys, code_of_channel
 
 logger = logging.getLogger("relay.hub")
 

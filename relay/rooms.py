@@ -1,27 +1,17 @@
-"""Rooms in Redis: codes, members, the document, cursors, presence and the event history.
+"""Rooms in Redis: members, the document, cursors, presence and the event history.
 
-Every key of a room carries the code in a hash tag, so one room lives in one Redis Cluster slot:
-
-    relay:{CODE}:room       hash    status, created_at, created_by, seq, content, title, language, ...
-    relay:{CODE}:members    hash    user_id -> {"role", "name", "joined_at"} (JSON)
-    relay:{CODE}:cursors    hash    user_id -> latest cursor_position (JSON)
-    relay:{CODE}:presence   zset    "user_id<TAB>connection_id" scored by expiry (ms since epoch)
-    relay:{CODE}:events     stream  recent durable events: seq, origin, msg, frame
-    relay:{CODE}:acks       hash    user_id -> "<client_msg_id> <seq>" of the user's last accepted edit
-    relay:{CODE}:removed    set     user_ids an interviewer removed: they cannot join again
-    relay:{CODE}:pubsub     channel envelopes (see protocol.py) for every replica with sockets in the room
-
-Each change is one Lua script: it checks the room, writes, appends to the stream, PUBLISHes and
-refreshes every key's TTL in one atomic step. Publishing from the script that assigns the sequence
-number is what makes the channel's order the sequence order on every replica.
+Key names are in keys.py. Each change is one Lua script (relay/lua/*.lua): it checks the room, writes,
+appends to the stream, PUBLISHes and refreshes every key's TTL in one atomic step. Publishing from the
+script that assigns the sequence number is what makes the channel's order the sequence order on every
+replica.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import secrets
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Final
 
 import orjson
@@ -31,7 +21,6 @@ from redis.commands.core import AsyncScript
 from relay.auth import Identity
 from relay.config import Settings
 from relay.errors import (
-    BadRequest,
     MemberNotFound,
     MemberRemoved,
     NotMember,
@@ -41,6 +30,7 @@ from relay.errors import (
     RoomNotFound,
     Unavailable,
 )
+from relay.keys import RoomKeys, new_code
 from relay.pipeline import ScriptPipeline
 from relay.protocol import (
     KIND_CLOSE,
@@ -58,72 +48,11 @@ from relay.redis_errors import redis_unavailable_is_503
 
 logger = logging.getLogger("relay.rooms")
 
-# No 0/O, 1/I/L: a code read aloud over a call or copied by eye must not be ambiguous.
-CODE_ALPHABET: Final = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
-CODE_LENGTH: Final = 6
-CODE_PATTERN: Final = re.compile(f"[{CODE_ALPHABET}]{{{CODE_LENGTH}}}")
 # 31**6 ~ 887 million codes; a collision needs another try only when the space is nearly full.
 CREATE_ATTEMPTS: Final = 16
 
 INTERVIEWER: Final = "interviewer"
 CANDIDATE: Final = "candidate"
-
-
-def normalize_code(raw: object) -> str:
-    """The canonical room code, or BadRequest. Runs before any Redis access: user input never picks a key."""
-    if not isinstance(raw, str):
-        raise BadRequest("room_code must be a string of 6 characters")
-    # ASCII first: str.upper() maps some other letters onto ASCII (long s U+017F -> "S", "ß" -> "SS").
-    code = raw.strip().upper() if raw.isascii() else ""
-    if not CODE_PATTERN.fullmatch(code):
-        raise BadRequest(
-            f"room_code must be {CODE_LENGTH} characters from {CODE_ALPHABET} (no 0, O, 1, I or L)"
-        )
-    return code
-
-
-def new_code() -> str:
-    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
-
-
-@dataclass(frozen=True, slots=True)
-class RoomKeys:
-    room: str
-    members: str
-    cursors: str
-    presence: str
-    events: str
-    acks: str
-    removed: str
-    channel: str
-
-    @classmethod
-    def of(cls, code: str) -> RoomKeys:
-        prefix = f"relay:{{{code}}}"
-        return cls(
-            room=f"{prefix}:room",
-            members=f"{prefix}:members",
-            cursors=f"{prefix}:cursors",
-            presence=f"{prefix}:presence",
-            events=f"{prefix}:events",
-            acks=f"{prefix}:acks",
-            removed=f"{prefix}:removed",
-            channel=f"{prefix}:pubsub",
-        )
-
-    @property
-    def all(self) -> list[str]:
-        """The keys every script receives, in the order the Lua below names them (KEYS[1..7])."""
-        return [self.room, self.members, self.cursors, self.presence, self.events, self.acks, self.removed]
-
-
-def code_of_channel(channel: bytes | str) -> str:
-    text = channel.decode() if isinstance(channel, bytes) else channel
-    return text[len("relay:{") : len("relay:{") + CODE_LENGTH]
-
-
-def channel_pattern() -> str:
-    return "relay:{*}:pubsub"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,233 +116,9 @@ class Snapshot:
     missed: list[Envelope] | str | None
 
 
-# --- Lua ----------------------------------------------------------------------------------------
-# KEYS[1] room, KEYS[2] members, KEYS[3] cursors, KEYS[4] presence, KEYS[5] events, KEYS[6] acks,
-# KEYS[7] removed (RoomKeys.all).
-
-_LUA_PRELUDE = r"""
-local function touch(ttl)
-  for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
-end
-local function user_of(entry)
-  return string.match(entry, '^(.*)\t')
-end
-local function user_present(uid)
-  for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-    if user_of(entry) == uid then return true end
-  end
-  return false
-end
--- Drop presence entries whose replica stopped refreshing them (it died) and tell the room.
-local function sweep(now, channel)
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
-  if #expired == 0 then return end
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  local gone = {}
-  for _, entry in ipairs(expired) do gone[user_of(entry)] = true end
-  for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do gone[user_of(entry)] = nil end
-  for uid, _ in pairs(gone) do
-    local frame = cjson.encode({type = 'member_left', user_id = uid, ts = tonumber(now)})
-    redis.call('PUBLISH', channel, 'e|-|0||' .. now .. '|' .. frame)
-  end
-end
--- Durable events after `after`, oldest first, as {seq, origin, msg, frame, ...};
--- 'ahead' when the room never reached `after`, 'gone' when history no longer covers the gap.
-local function events_after(after)
-  local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-  if after > seq then return 'ahead' end
-  if after == seq then return {} end
-  local wanted = seq - after
-  local entries = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', wanted)
-  if #entries < wanted then return 'gone' end
-  local out = {}
-  for i = #entries, 1, -1 do
-    local fields = entries[i][2]
-    local row = {}
-    for j = 1, #fields, 2 do row[fields[j]] = fields[j + 1] end
-    table.insert(out, row['seq']); table.insert(out, row['origin'])
-    table.insert(out, row['msg']); table.insert(out, row['frame'])
-  end
-  if tonumber(out[1]) ~= after + 1 then return 'gone' end
-  return out
-end
-"""
-
-_CREATE = r"""
--- ARGV: user_id, member_json, now_ms, ttl, title, language
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'open', 'created_at', ARGV[3], 'created_by', ARGV[1],
-  'seq', 0, 'content', '', 'title', ARGV[5], 'language', ARGV[6], 'updated_at', ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-touch(ARGV[4])
-return 1
-"""
-
-_JOIN = r"""
--- ARGV: user_id, member_json, ttl, max_members
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-if status ~= 'open' then return {'closed'} end
-if redis.call('SISMEMBER', KEYS[7], ARGV[1]) == 1 then return {'removed'} end
-local existing = redis.call('HGET', KEYS[2], ARGV[1])
-if existing then return {'existing', existing} end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return {'full'} end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-touch(ARGV[3])
-return {'joined', ARGV[2]}
-"""
-
-_MEMBER = r"""
--- ARGV: user_id. Status and membership in one read, for the WebSocket handshake.
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-if status ~= 'open' then return {'closed'} end
-local member = redis.call('HGET', KEYS[2], ARGV[1])
-if not member then
-  if redis.call('SISMEMBER', KEYS[7], ARGV[1]) == 1 then return {'removed'} end
-  return {'not_member'}
-end
-return {'ok', member}
-"""
-
-_EDIT = r"""
--- ARGV: user_id, content, cursor_json|'', frame_tail, origin, msg_id|'', now_ms, ttl, maxlen, minid, channel
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-if status ~= 'open' then return {'closed'} end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
--- A client that did not see its ack resends with the same client_msg_id: answer, don't apply twice.
-if ARGV[6] ~= '' then
-  local last = redis.call('HGET', KEYS[6], ARGV[1])
-  if last then
-    local msg, seq = string.match(last, '^(.*) (%d+)$')
-    if msg == ARGV[6] then return {'duplicate', tonumber(seq)} end
-  end
-end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'content', ARGV[2], 'updated_at', ARGV[7])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[3]) end
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[6] .. ' ' .. seq) end
-local frame = '{"seq":' .. seq .. ',' .. ARGV[4]
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
-  'seq', seq, 'origin', ARGV[5], 'msg', ARGV[6], 'frame', frame)
-redis.call('XTRIM', KEYS[5], 'MINID', '~', ARGV[10])
-local envelope = 'e|' .. ARGV[5] .. '|' .. seq .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. frame
-redis.call('PUBLISH', ARGV[11], envelope)
-touch(ARGV[8])
-return {'ok', seq}
-"""
-
-_CURSOR = r"""
--- ARGV: user_id, cursor_json, envelope, channel. Volatile: no sequence number, no history.
-if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('PUBLISH', ARGV[4], ARGV[3])
-return 1
-"""
-
-_PRESENCE_ADD = r"""
--- ARGV: entry, expires_ms, now_ms, user_id, channel, joined_envelope, ttl, max_per_user, max_per_room
--- Returns 1 (user arrived), 0 (refreshed / another tab), -1 room not open, -2 too many connections of
--- this user, -3 too many connections in the room, -4 no longer a member.
-if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return -1 end
-if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 then return -4 end
-sweep(ARGV[3], ARGV[5])
-if not redis.call('ZSCORE', KEYS[4], ARGV[1]) then
-  local entries = redis.call('ZRANGE', KEYS[4], 0, -1)
-  local mine = 0
-  for _, entry in ipairs(entries) do
-    if user_of(entry) == ARGV[4] then mine = mine + 1 end
-  end
-  if mine >= tonumber(ARGV[8]) then return -2 end
-  if #entries >= tonumber(ARGV[9]) then return -3 end
-end
-local was_present = user_present(ARGV[4])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-if not was_present then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-touch(ARGV[7])
-if was_present then return 0 end
-return 1
-"""
-
-_PRESENCE_REFRESH = r"""
--- ARGV: expires_ms, now_ms, channel, entry... Extends this replica's live entries of one room in one
--- call and sweeps the dead ones (a dead replica's); returns the entries that had expired meanwhile.
-if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return {} end
-local missing = {}
-for i = 4, #ARGV do
-  if redis.call('ZSCORE', KEYS[4], ARGV[i]) then
-    redis.call('ZADD', KEYS[4], 'XX', ARGV[1], ARGV[i])
-  else
-    table.insert(missing, ARGV[i])
-  end
-end
-sweep(ARGV[2], ARGV[3])
-return missing
-"""
-
-_REMOVE_MEMBER = r"""
--- ARGV: user_id, removed_envelope, channel, ttl. The user's sockets are told and closed by their replicas.
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status ~= 'open' then return 'closed' end
-if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 'not_found' end
-redis.call('SADD', KEYS[7], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[6], ARGV[1])
-for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-  if user_of(entry) == ARGV[1] then redis.call('ZREM', KEYS[4], entry) end
-end
-redis.call('PUBLISH', ARGV[3], ARGV[2])
-touch(ARGV[4])
-return 'ok'
-"""
-
-_PRESENCE_REMOVE = r"""
--- ARGV: entry, now_ms, user_id, channel, left_envelope
-local removed = redis.call('ZREM', KEYS[4], ARGV[1])
-sweep(ARGV[2], ARGV[4])
-if removed == 1 and not user_present(ARGV[3]) then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
-  redis.call('HDEL', KEYS[3], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-_CLOSE = r"""
--- ARGV: now_ms, frame_tail, channel, closed_ttl, maxlen
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-if status ~= 'open' then return {'closed'} end
-redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', ARGV[1], 'updated_at', ARGV[1])
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local frame = '{"seq":' .. seq .. ',' .. ARGV[2]
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'seq', seq, 'origin', '-', 'msg', '', 'frame', frame)
-redis.call('PUBLISH', ARGV[3], 'c|-|' .. seq .. '||' .. ARGV[1] .. '|' .. frame)
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[6], KEYS[7])
-touch(ARGV[4])
-return {'ok', seq}
-"""
-
-_SNAPSHOT = r"""
--- ARGV: now_ms, after_seq|''. One atomic read of everything a connecting socket needs.
-local room = redis.call('HGETALL', KEYS[1])
-if #room == 0 then return {'missing'} end
-local missed = 'none'
-if ARGV[2] ~= '' then missed = events_after(tonumber(ARGV[2])) end
-if type(missed) == 'string' then missed = {missed} else table.insert(missed, 1, 'events') end
-return {'ok', room, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
-  redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. ARGV[1], '+inf'), missed}
-"""
-
-_EVENTS_AFTER = r"""
--- ARGV: after_seq
-local missed = events_after(tonumber(ARGV[1]))
-if type(missed) == 'string' then return {missed} end
-table.insert(missed, 1, 'events')
-return missed
-"""
+def _lua(name: str) -> str:
+    """One script of relay/lua/ (package data, so an installed wheel carries it too)."""
+    return resources.files("relay").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 def _text(value: bytes | str) -> str:
@@ -451,21 +156,23 @@ class Rooms:
 
         self._pipeline = ScriptPipeline(redis_client)
 
-        def script(body: str) -> AsyncScript:
-            return redis_client.register_script(_LUA_PRELUDE + body)
+        prelude = _lua("prelude")
 
-        self._create = script(_CREATE)
-        self._join = script(_JOIN)
-        self._member = script(_MEMBER)
-        self._edit = script(_EDIT)
-        self._cursor = script(_CURSOR)
-        self._presence_add = script(_PRESENCE_ADD)
-        self._presence_remove = script(_PRESENCE_REMOVE)
-        self._remove_member = script(_REMOVE_MEMBER)
-        self._presence_refresh = script(_PRESENCE_REFRESH)
-        self._close = script(_CLOSE)
-        self._snapshot = script(_SNAPSHOT)
-        self._events_after = script(_EVENTS_AFTER)
+        def script(name: str) -> AsyncScript:
+            return redis_client.register_script(prelude + _lua(name))
+
+        self._create = script("create")
+        self._join = script("join")
+        self._member = script("member")
+        self._edit = script("edit")
+        self._cursor = script("cursor")
+        self._presence_add = script("presence_add")
+        self._presence_remove = script("presence_remove")
+        self._remove_member = script("remove_member")
+        self._presence_refresh = script("presence_refresh")
+        self._close = script("close")
+        self._snapshot = script("snapshot")
+        self._events_after = script("events_after")
 
     # --- REST ------------------------------------------------------------------------------------
 

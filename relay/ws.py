@@ -37,6 +37,7 @@ from relay.errors import (
     Unavailable,
 )
 from relay.hub import Connection, Delivery
+from relay.keys import normalize_code
 from relay.limits import TokenBucket
 from relay.origins import origin_allowed
 from relay.protocol import (
@@ -50,7 +51,7 @@ from relay.protocol import (
     error_frame,
     parse_client_frame,
 )
-from relay.rooms import Snapshot, normalize_code
+from relay.rooms import Snapshot
 from relay.services import Services
 
 logger = logging.getLogger("relay.ws")

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from relay.rooms import new_code
+from relay.keys import new_code
 from tests.security_support import DOCS, check_generated_doc, checkout_replica, hs256_with_key
 from tests.support import Client, RedisServer, Replica, auth
 from tests.test_auth import KID, SECRET, JwksServer

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from relay.errors import RelayError
+from relay.keys import CODE_ALPHABET
 from relay.protocol import (
     CLIENT_MSG_ID,
     CLIENT_TYPES,
@@ -38,7 +39,6 @@ from relay.protocol import (
     RefreshToken,
     parse_client_frame,
 )
-from relay.rooms import CODE_ALPHABET
 from tests.security_support import (
     DOCS,
     Listener,

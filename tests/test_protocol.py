@@ -6,8 +6,8 @@ import pytest
 
 from relay.config import ConfigError, InterviewerClaim, Settings
 from relay.errors import BadFrame, BadRequest, TooLarge
+from relay.keys import CODE_PATTERN, RoomKeys, code_of_channel, new_code, normalize_code
 from relay.protocol import CursorUpdate, EditorUpdate, Envelope, Ping, ack_frame, parse_client_frame
-from relay.rooms import CODE_PATTERN, RoomKeys, code_of_channel, new_code, normalize_code
 
 
 def parse(text: str) -> object:

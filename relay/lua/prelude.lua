@@ -1,0 +1,48 @@
+-- Prepended to every script of this directory (rooms.py loads them): the helpers they share.
+-- KEYS, the same for every script (keys.RoomKeys.all): [1] room, [2] members, [3] cursors, [4] presence,
+-- [5] events, [6] acks, [7] removed.
+local function touch(ttl)
+  for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+end
+local function user_of(entry)
+  return string.match(entry, '^(.*)\t')
+end
+local function user_present(uid)
+  for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    if user_of(entry) == uid then return true end
+  end
+  return false
+end
+-- Drop presence entries whose replica stopped refreshing them (it died) and tell the room.
+local function sweep(now, channel)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
+  if #expired == 0 then return end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  local gone = {}
+  for _, entry in ipairs(expired) do gone[user_of(entry)] = true end
+  for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do gone[user_of(entry)] = nil end
+  for uid, _ in pairs(gone) do
+    local frame = cjson.encode({type = 'member_left', user_id = uid, ts = tonumber(now)})
+    redis.call('PUBLISH', channel, 'e|-|0||' .. now .. '|' .. frame)
+  end
+end
+-- Durable events after `after`, oldest first, as {seq, origin, msg, frame, ...};
+-- 'ahead' when the room never reached `after`, 'gone' when history no longer covers the gap.
+local function events_after(after)
+  local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+  if after > seq then return 'ahead' end
+  if after == seq then return {} end
+  local wanted = seq - after
+  local entries = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', wanted)
+  if #entries < wanted then return 'gone' end
+  local out = {}
+  for i = #entries, 1, -1 do
+    local fields = entries[i][2]
+    local row = {}
+    for j = 1, #fields, 2 do row[fields[j]] = fields[j + 1] end
+    table.insert(out, row['seq']); table.insert(out, row['origin'])
+    table.insert(out, row['msg']); table.insert(out, row['frame'])
+  end
+  if tonumber(out[1]) ~= after + 1 then return 'gone' end
+  return out
+end
