@@ -8,6 +8,13 @@ A quiet replica pays no extra latency: a call that finds the writer idle goes ou
 
 Commands keep their order within a batch and batches are sent one after another, so calls a socket
 makes in sequence reach Redis in that sequence.
+
+The writer is shared by every socket, HTTP request and background loop of the process, so no caller's
+fate may affect another's: a caller that was cancelled while waiting (its socket was closed or kicked)
+has its reply dropped, not set on a future nobody can take it from; a call cancelled before its batch
+left is not sent at all; and if the writer itself fails, every call in flight or queued is answered
+with `PipelineFailed` (a connection error, which callers report as "unavailable, retry") and the next
+call starts a new writer.
 """
 
 from __future__ import annotations
@@ -26,6 +33,12 @@ from redis.commands.core import AsyncScript
 logger = logging.getLogger("relay.pipeline")
 
 MAX_BATCH = 512
+MAX_SCRIPT_RELOADS = 2
+_REDIS_FAILURES = (redis.exceptions.RedisError, OSError, TimeoutError)
+
+
+class PipelineFailed(redis.exceptions.ConnectionError):
+    """The writer stopped (a bug or shutdown) before this call's reply arrived: it may or may not have run."""
 
 
 @dataclass(slots=True)
@@ -35,69 +48,120 @@ class _Call:
     args: list[Any]
     future: asyncio.Future[Any]
 
+    def resolve(self, reply: Any) -> None:
+        # The caller may be gone (cancelled): its future is then done and takes nothing more.
+        if self.future.done():
+            return
+        if isinstance(reply, BaseException):
+            self.future.set_exception(reply)
+        else:
+            self.future.set_result(reply)
+
 
 class ScriptPipeline:
     def __init__(self, redis_client: aioredis.Redis) -> None:
         self._redis = redis_client
         self._pending: deque[_Call] = deque()
+        self._in_flight: list[_Call] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._is_closed = False
 
     async def call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """Run `script` in the next batch; returns its reply or raises its error."""
+        if self._is_closed:
+            raise PipelineFailed("relay is shutting down")
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="redis-pipeline")
+            self._task.add_done_callback(self._writer_stopped)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(_Call(script, keys, args, future))
         self._wakeup.set()
         return await future
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the writer; the batch in flight and every queued call are answered with PipelineFailed."""
+        self._is_closed = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        while self._pending:
-            call = self._pending.popleft()
-            if not call.future.done():
-                call.future.set_exception(redis.exceptions.ConnectionError("relay is shutting down"))
+                await task
+        self._fail_everything(PipelineFailed("relay is shutting down"))
+
+    def _writer_stopped(self, task: asyncio.Task[None]) -> None:
+        """Done-callback of the writer: whatever ended it, no call may be left waiting."""
+        if task.cancelled():
+            error = PipelineFailed("relay is shutting down")
+        else:
+            failure = task.exception()  # retrieving it also keeps "never retrieved" out of the log
+            if failure is None:
+                return
+            logger.error(
+                "the Redis pipeline writer failed; a new one starts with the next call", exc_info=failure
+            )
+            error = PipelineFailed(f"the Redis pipeline writer failed ({type(failure).__name__}); retry")
+        # This callback runs before any newer writer's first step, so the batch in flight is this
+        # writer's; queued calls are too, unless a call already started a newer writer for them.
+        self._fail_everything(error, queued_too=self._task is task)
+
+    def _fail_everything(self, error: Exception, *, queued_too: bool = True) -> None:
+        calls = self._in_flight
+        self._in_flight = []
+        if queued_too:
+            calls = [*calls, *self._pending]
+            self._pending.clear()
+        for call in calls:
+            call.resolve(error)
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+                batch: list[_Call] = []
+                while self._pending and len(batch) < MAX_BATCH:
+                    call = self._pending.popleft()
+                    if not call.future.done():  # its caller was cancelled before it was sent
+                        batch.append(call)
+                if not batch:
+                    continue
+                self._in_flight = batch
                 await self._send(batch)
+                self._in_flight = []
 
-    async def _send(self, batch: list[_Call], *, reloads: int = 0) -> None:
-        try:
-            replies = await self._execute(batch)
-        except Exception as error:
-            for call in batch:
-                if not call.future.done():
-                    call.future.set_exception(error)
-            return
-        retry = []
-        for call, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                retry.append(call)  # Redis restarted or flushed its script cache
-            elif isinstance(reply, Exception):
-                call.future.set_exception(reply)
-            else:
-                call.future.set_result(reply)
-        if retry:
-            if reloads >= 2:  # the scripts vanish as fast as we load them: give up on this batch
+    async def _send(self, batch: list[_Call]) -> None:
+        reloads = 0
+        while True:
+            try:
+                replies = await self._execute(batch)
+            except _REDIS_FAILURES as error:
+                # Anything else is a bug: it ends this writer, whose done-callback answers every call.
+                for call in batch:
+                    call.resolve(error)
+                return
+            retry = []
+            for call, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    retry.append(call)  # Redis restarted or flushed its script cache
+                else:
+                    call.resolve(reply)
+            if not retry:
+                return
+            if reloads >= MAX_SCRIPT_RELOADS:  # the scripts vanish as fast as we load them
                 for call in retry:
-                    call.future.set_exception(redis.exceptions.NoScriptError("Lua scripts keep disappearing"))
+                    call.resolve(redis.exceptions.NoScriptError("Lua scripts keep disappearing"))
                 return
             try:
                 await self._load_scripts({call.script for call in retry})
-            except Exception as error:
+            except _REDIS_FAILURES as error:
                 for call in retry:
-                    call.future.set_exception(error)
+                    call.resolve(error)
                 return
-            await self._send(retry, reloads=reloads + 1)
+            batch = [call for call in retry if not call.future.done()]
+            reloads += 1
+            if not batch:
+                return
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:

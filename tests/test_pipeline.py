@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from relay.pipeline import ScriptPipeline
+from relay.pipeline import PipelineFailed, ScriptPipeline
 from tests.support import RedisServer
 
 APPEND = "redis.call('RPUSH', KEYS[1], ARGV[1]); return redis.call('LLEN', KEYS[1])"
@@ -117,3 +119,95 @@ def test_works_on_the_embedded_store() -> None:
         return results
 
     assert asyncio.run(scenario()) == [1, 2, 3]
+
+
+def test_a_cancelled_caller_does_not_stop_the_others(redis_server: RedisServer) -> None:
+    """Callers cancelled while their call is queued or in flight (a socket kicked mid-edit) lose their
+    reply; every other caller of the same batches still gets its own, and the writer keeps serving."""
+
+    async def scenario() -> tuple[list[object], int]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        pipeline = ScriptPipeline(client)
+        # Slow enough that the first batch is still in flight when the cancellations happen.
+        script = client.register_script(
+            "local t = redis.call('TIME'); local start = t[1] * 1e6 + t[2]; "
+            "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - start > 20000; return ARGV[1]"
+        )
+        callers = [asyncio.create_task(pipeline.call(script, [], [str(n)])) for n in range(60)]
+        await asyncio.sleep(0.005)  # the first caller's batch is on its way
+        callers += [asyncio.create_task(pipeline.call(script, [], [str(n)])) for n in range(60, 120)]
+        await asyncio.sleep(0)
+        for index in range(0, 120, 3):
+            callers[index].cancel()
+        async with asyncio.timeout(30):
+            outcomes = await asyncio.gather(*callers, return_exceptions=True)
+            after = int(await pipeline.call(script, [], ["7"]))
+        await pipeline.aclose()
+        await client.aclose()
+        return list(outcomes), after
+
+    outcomes, after = asyncio.run(scenario())
+    for index, outcome in enumerate(outcomes):
+        if index % 3 == 0:
+            assert isinstance(outcome, asyncio.CancelledError), (index, outcome)
+        else:
+            assert outcome == str(index).encode(), (index, outcome)
+    assert after == 7
+
+
+def test_a_writer_that_fails_answers_every_call_and_is_replaced(redis_server: RedisServer) -> None:
+    """A bug inside the writer (here: an unexpected exception after the round trip) fails the batch in flight
+    and the queued calls with a clear error instead of leaving them waiting; the next call works."""
+
+    async def scenario() -> tuple[list[object], bytes]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        pipeline = ScriptPipeline(client)
+        script = client.register_script("return 'ok'")
+        real_execute = pipeline._execute
+        broken = True
+
+        async def execute(batch: list[Any]) -> list[Any]:
+            replies = await real_execute(batch)
+            if broken:
+                raise KeyError("a bug in the writer")  # not a Redis error: nothing maps it to a reply
+            return replies
+
+        pipeline._execute = execute  # type: ignore[method-assign]
+        async with asyncio.timeout(10):
+            outcomes = await asyncio.gather(
+                *(pipeline.call(script, [], []) for _ in range(10)), return_exceptions=True
+            )
+        broken = False
+        async with asyncio.timeout(10):
+            after = await pipeline.call(script, [], [])
+        await pipeline.aclose()
+        await client.aclose()
+        return list(outcomes), after
+
+    outcomes, after = asyncio.run(scenario())
+    assert all(isinstance(outcome, PipelineFailed) for outcome in outcomes), outcomes
+    assert "writer failed" in str(outcomes[0])
+    assert after == b"ok"
+
+
+def test_aclose_answers_the_batch_in_flight(redis_server: RedisServer) -> None:
+    """Shutting down while a batch is in flight: its callers get PipelineFailed, not a hang."""
+
+    async def scenario() -> list[object]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        pipeline = ScriptPipeline(client)
+        script = client.register_script(
+            "local t = redis.call('TIME'); local start = t[1] * 1e6 + t[2]; "
+            "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - start > 200000; return 1"
+        )
+        callers = [asyncio.create_task(pipeline.call(script, [], [])) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        await pipeline.aclose()
+        async with asyncio.timeout(10):
+            outcomes = await asyncio.gather(*callers, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await client.aclose()
+        return list(outcomes)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(outcome, PipelineFailed) for outcome in outcomes), outcomes
