@@ -8,8 +8,9 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from relay.config import DEV_JWT_SECRET, ConfigError, Settings
+from relay.config import DEV_JWT_SECRET, ConfigError, Settings, read_env_file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,19 +65,21 @@ def _serve(args: argparse.Namespace) -> int:
         "RELAY_LOG_LEVEL": args.log_level,
         "RELAY_DEV_MODE": "true" if args.dev else None,
     }
+    flags = {key: value for key, value in overrides.items() if value is not None}
     try:
-        settings = Settings.from_environ(None, env_file=args.env_file)
-        if args.env_file:
-            # Workers re-read the environment: carry the file's values over.
-            for key, value in settings.extra.items():
-                os.environ.setdefault(key, value)
-        for key, value in overrides.items():
-            if value is not None:
-                os.environ[key] = value
-        settings = Settings.from_environ(None, env_file=args.env_file)
+        # Validate once, with the flags applied: `relay serve --dev` on a machine with no settings at
+        # all must start (the flags are what makes that configuration valid).
+        file_values = read_env_file(Path(args.env_file)) if args.env_file else {}
+        settings = Settings.from_environ(
+            {**file_values, **os.environ, **flags}, env_file=_default_env_file(args)
+        )
     except ConfigError as error:
         print(f"relay: configuration error: {error}", file=sys.stderr)
         return 2
+    # Workers re-read the environment: carry an explicit file's values and the flags over.
+    for key, value in file_values.items():
+        os.environ.setdefault(key, value)
+    os.environ.update(flags)
 
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its metrics here and /metrics (answered by any one worker) adds them up.
@@ -102,6 +105,13 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
     )
     return 0
+
+
+def _default_env_file(args: argparse.Namespace) -> Path | None:
+    """./.env when no --env-file was given and it exists (workers read it themselves, as this does)."""
+    if args.env_file is None and Path(".env").is_file():
+        return Path(".env")
+    return None
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -51,8 +51,9 @@ class Witness(threading.Thread):
                 n += 1
                 sent = time.monotonic()
                 self.client.send({"type": "editor_update", "content": f"w{n}", "client_msg_id": f"w{n}"})
+                wanted = f"w{n}"
                 self.client.recv_until(
-                    lambda f, n=n: f.get("type") == "ack" and f.get("client_msg_id") == f"w{n}",
+                    lambda f: f.get("type") == "ack" and f.get("client_msg_id") == wanted,
                     timeout=ACK_DEADLINE,
                 )
                 self.ack_seconds.append(time.monotonic() - sent)

@@ -8,11 +8,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 
 from relay.config import DEV_JWT_SECRET
-from tests.support import Replica, connected_pair
+from tests.support import REPO, Replica, connected_pair, free_port, wait_for
 
 
 def run_serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -98,3 +99,35 @@ def test_token_command_mints_a_verifiable_dev_token() -> None:
     ).stdout.strip()
     claims = jwt.decode(out, DEV_JWT_SECRET, algorithms=["HS256"], audience="authenticated")
     assert claims["sub"] == "alice" and claims["user_metadata"]["full_name"] == "Alice"
+
+
+def test_serve_dev_starts_with_no_settings_at_all(tmp_path: Path) -> None:
+    """README's first command on a clean machine: no RELAY_* / SUPABASE_* / REDIS_URL, no .env.
+
+    Every other test sets RELAY_DEV_MODE itself, which once hid that `--dev` alone failed validation.
+    """
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "SUPABASE_", "REDIS_"))}
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "serve", "--dev", "--port", str(port)],
+        env={**clean, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"relay serve --dev exited with {process.returncode}")
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 20, "relay serve --dev")
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    assert "configuration error" not in output, output
