@@ -11,7 +11,8 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -51,14 +52,14 @@ class Witness(threading.Thread):
                 n += 1
                 sent = time.monotonic()
                 self.client.send({"type": "editor_update", "content": f"w{n}", "client_msg_id": f"w{n}"})
-                wanted = f"w{n}"
-                self.client.recv_until(
-                    lambda f: f.get("type") == "ack" and f.get("client_msg_id") == wanted,
-                    timeout=ACK_DEADLINE,
-                )
+                self.client.recv_until(_ack_of(f"w{n}"), timeout=ACK_DEADLINE)
                 self.ack_seconds.append(time.monotonic() - sent)
         except BaseException as error:
             self.failure = error
+
+
+def _ack_of(msg_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: frame.get("type") == "ack" and frame.get("client_msg_id") == msg_id
 
 
 def _victim(replica: Replica, index: int, *, abort: bool) -> None:
