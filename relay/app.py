@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay import api, logs
+from relay import api, logs, page
 from relay.auth import Authenticator
 from relay.bus import Bus
 from relay.config import Settings
@@ -174,7 +174,7 @@ def create_app(settings: Settings) -> Starlette:
             )
         )
     return Starlette(
-        routes=[*api.routes, WebSocketRoute("/ws/{room_code}", websocket_endpoint)],
+        routes=[*api.routes, WebSocketRoute("/ws/{room_code}", websocket_endpoint), *page.routes(settings)],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={

@@ -20,6 +20,10 @@ import starlette.config
 # Public on purpose (it is in the repository): production mode refuses to start with it.
 DEV_JWT_SECRET = "relay-dev-secret-0123456789abcdef-not-for-production"  # noqa: S105 - public on purpose
 
+# In development mode, unless RELAY_INTERVIEWER_CLAIM says otherwise, this claim marks interviewers (what
+# `relay token --interviewer` and the page's development sign-in put in a token).
+DEV_INTERVIEWER_CLAIM = "app_metadata.role=interviewer"
+
 # HS256 secrets shorter than this are brute-forceable offline from a single captured token.
 MIN_HS256_SECRET_BYTES = 32
 
@@ -59,6 +63,13 @@ class InterviewerClaim:
             return self.value in [str(item) for item in node]
         return node is not None and str(node) == self.value
 
+    def as_claims(self) -> dict[str, object]:
+        """The claims a token needs to match, e.g. {"app_metadata": {"role": "interviewer"}}."""
+        claims: dict[str, object] = {self.path[-1]: self.value}
+        for part in reversed(self.path[:-1]):
+            claims = {part: claims}
+        return claims
+
     def __str__(self) -> str:
         return f"{'.'.join(self.path)}={self.value}"
 
@@ -82,6 +93,7 @@ class Settings:
     interviewer_claim: InterviewerClaim | None = None
     create_requires_interviewer: bool = False
     allowed_origins: tuple[str, ...] = ()
+    serve_page: bool = False
 
     # Redis and rooms
     redis_url: str | None = None
@@ -148,7 +160,7 @@ class Settings:
         jwt_secret = reader.text("SUPABASE_JWT_SECRET")
         if dev_mode and jwt_secret is None and supabase_url is None:
             jwt_secret = DEV_JWT_SECRET
-        claim_text = reader.text("RELAY_INTERVIEWER_CLAIM")
+        claim_text = reader.text("RELAY_INTERVIEWER_CLAIM") or (DEV_INTERVIEWER_CLAIM if dev_mode else None)
         settings = cls(
             host=reader.text("HOST") or cls.host,
             port=reader.integer("PORT", cls.port, minimum=1, maximum=65535),
@@ -166,6 +178,7 @@ class Settings:
             interviewer_claim=InterviewerClaim.parse(claim_text) if claim_text else None,
             create_requires_interviewer=reader.boolean("RELAY_CREATE_REQUIRES_INTERVIEWER", False),
             allowed_origins=reader.origins("RELAY_ALLOWED_ORIGINS"),
+            serve_page=reader.boolean("RELAY_SERVE_PAGE", dev_mode),
             redis_url=reader.redis_url("REDIS_URL"),
             room_ttl=reader.integer("RELAY_ROOM_TTL", cls.room_ttl, minimum=60),
             closed_room_ttl=reader.integer("RELAY_CLOSED_ROOM_TTL", cls.closed_room_ttl, minimum=1),
