@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
@@ -47,13 +48,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    summary = "load-test relay replicas (see README, Performance)"
     try:
-        bench = importlib.import_module("relay.bench")
-    except ImportError:  # the load generator ships separately while it is being built
+        # The load generator is its own top-level package (bench/), not part of the product: it is there
+        # after `pip install -e '.[bench]'` from a checkout, and never in the container image.
+        bench_cli = importlib.import_module("bench.cli")
+    except ImportError as error:
+        # No option prefix: any `relay bench ...` line, --help included, gets the install hint.
+        parser = commands.add_parser("bench", help=summary, prefix_chars="\0", add_help=False)
+        parser.add_argument("ignored", nargs="*")
+        parser.set_defaults(run=functools.partial(_bench_missing, str(error)))
         return
-    parser = commands.add_parser("bench", help="load-test relay replicas (see README, Performance)")
-    bench.add_arguments(parser)
-    parser.set_defaults(run=bench.run)
+    parser = commands.add_parser("bench", help=summary)
+    bench_cli.add_arguments(parser)
+    parser.set_defaults(run=bench_cli.run)
+
+
+def _bench_missing(error: str, args: argparse.Namespace) -> int:
+    print(
+        f"relay bench: the load generator is not installed ({error}).\n"
+        "It ships with relay's source, not with the service: from a checkout of relay, run\n"
+        "    pip install -e '.[bench]'\n"
+        "then `relay bench --help` (see README, Performance).",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _serve(args: argparse.Namespace) -> int:

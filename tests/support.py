@@ -1,7 +1,7 @@
 """Real parts for tests: a redis-server and relay replicas as processes on free ports, and clients.
 
-Every server is started here on a free port and stopped by its pid; nothing touches a Redis the test
-did not start.
+Every server is started on a free port and stopped by its pid (bench/processes.py, shared with the load
+generator); nothing touches a Redis the test did not start.
 """
 
 from __future__ import annotations
@@ -9,10 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,102 +21,22 @@ import httpx
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from bench.processes import RedisServer as RedisServer  # noqa: PLC0414 (re-exported for the tests)
+from bench.processes import ServerProcess
+from bench.processes import free_port as free_port  # noqa: PLC0414 (re-exported for the tests)
+from bench.processes import wait_for as wait_for  # noqa: PLC0414 (re-exported for the tests)
 from relay.auth import mint_dev_token
 from relay.config import DEV_JWT_SECRET
 
 REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 20.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-class RedisServer:
-    """A redis-server of our own, on a free port, in a temporary directory."""
-
-    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server); see README")
-        self.binary = binary
-        self.port = port or free_port()
-        self.appendonly = appendonly
-        self.dir = tempfile.mkdtemp(prefix="relay-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            self.dir,
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--appendfsync",
-            "always",
-            "--daemonize",
-            "no",
-            "--logfile",
-            os.path.join(self.dir, "log"),
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._answers, START_TIMEOUT, f"redis-server on port {self.port}")
-        return self
-
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.dir}/log")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Replica:
-    """`relay serve` as a real process (uvicorn), on a free port."""
+class Replica(ServerProcess):
+    """`relay serve` as a real process (uvicorn), on a free port; started means /api/ready answers 200."""
 
     def __init__(self, env: dict[str, str], *, port: int | None = None, name: str = "replica") -> None:
-        self.port = port or free_port()
-        self.name = name
-        self.env = {
+        port = port or free_port()
+        full_env = {
             **os.environ,
             "RELAY_DEV_MODE": "true",
             "RELAY_LOG_FORMAT": "json",
@@ -129,9 +46,9 @@ class Replica:
             "PYTHONPATH": str(REPO),
             **env,
         }
-        self.env.pop("CI", None)
-        self.log_path = Path(tempfile.mkstemp(prefix=f"relay-{name}-", suffix=".log")[1])
-        self.process: subprocess.Popen[bytes] | None = None
+        full_env.pop("CI", None)
+        argv = [sys.executable, "-m", "relay.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        super().__init__(name, argv, port=port, env=full_env, cwd=tempfile.gettempdir())
 
     @property
     def http(self) -> str:
@@ -141,43 +58,14 @@ class Replica:
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self) -> Replica:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tempfile.gettempdir(),
-        )
-        wait_for(self._healthy, START_TIMEOUT, f"{self.name} on port {self.port}")
-        return self
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
+    def answers(self) -> bool:
         try:
             return httpx.get(f"{self.http}/api/ready", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        code = self.process.returncode
-        self.process = None
-        return code
+        return super().stop(sig, timeout)
 
 
 def token(user: str, *, name: str | None = None, secret: str = DEV_JWT_SECRET, **claims: Any) -> str:

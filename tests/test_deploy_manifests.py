@@ -298,7 +298,8 @@ def _dockerignore_excludes(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_secret() -> None:
-    """Every file the Dockerfile COPYs is in the build context; .env, tests, venvs and manifests are not."""
+    """Every file the Dockerfile COPYs is in the build context; .env, tests, the bench, docs, venvs and
+    manifests are not: the image carries the product only."""
     patterns = [
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -319,9 +320,14 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_secret() -> N
         copied += [str(f.relative_to(ROOT)) for f in files if "__pycache__" not in f.parts]
     missing = [f for f in copied if _dockerignore_excludes(f, patterns)]
     assert not missing, f".dockerignore keeps these out of the build context: {missing}"
+    not_product = [f for f in copied if f.split("/")[0] in ("bench", "tests", "docs")]
+    assert not not_product, f"the Dockerfile copies more than the product: {not_product}"
     for private in (
         ".env",
         "tests/test_api.py",
+        "bench/cli.py",
+        "bench/baseline.py",
+        "docs/performance.md",
         ".venv/bin/python",
         "k8s/deployment.yaml",
         ".git/config",

@@ -17,11 +17,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from bench.processes import ServerProcess
 from tests.support import (
     REPO,
     Client,
@@ -68,12 +70,15 @@ def render_example(replica_ports: list[int], listen_port: int, access_log: Path)
     return text
 
 
-@dataclass
-class Nginx:
-    binary: str
-    prefix: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
+class Nginx(ServerProcess):
+    """nginx in the foreground with the example config; started means /api/health answers through it."""
+
+    def __init__(self, binary: str, prefix: Path, port: int) -> None:
+        self.binary = binary
+        self.prefix = prefix
+        argv = [*self.args(), "-g", "daemon off;"]
+        # nginx logs its errors to error.log itself (-e); its stdout and stderr go there too.
+        super().__init__("nginx", argv, port=port, log_path=prefix / "error.log")
 
     @property
     def http(self) -> str:
@@ -115,37 +120,16 @@ class Nginx:
             f"http {{\n{temp_paths}    include {self.prefix / 'relay.conf'};\n}}\n"
         )
 
-    def start(self) -> Nginx:
+    def start(self, timeout: float = 20) -> Self:
         check = subprocess.run([*self.args(), "-t"], capture_output=True, text=True)
         assert check.returncode == 0, f"nginx -t rejected the example config:\n{check.stderr}"
-        self.process = subprocess.Popen(
-            [*self.args(), "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for(self._answers, 20, f"nginx on port {self.port}")
-        return self
+        return super().start(timeout)
 
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"nginx exited with {self.process.returncode}: {self.error_log()}")
+    def answers(self) -> bool:
         try:
             return httpx.get(f"{self.http}/api/health", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
-
-    def error_log(self) -> str:
-        path = self.prefix / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.process = None
 
 
 @dataclass

@@ -3,9 +3,9 @@
 No auth, no storage, no sequencing, no limits. One redis-py asyncio pub/sub connection per process,
 subscribed to a room's channel while the process has sockets in that room; each client frame is
 PUBLISHed once and every process forwards it verbatim to its local sockets of the room except the
-sender's. relay's numbers are read as ratios to this one, measured in the same run (see relay.bench).
+sender's. relay's numbers are read as ratios to this one, measured in the same run (see bench.cli).
 
-Run it as ``REDIS_URL=redis://127.0.0.1:6390 uvicorn relay.baseline:app``.
+Run it as ``REDIS_URL=redis://127.0.0.1:6390 uvicorn bench.baseline:app`` from a checkout.
 """
 
 from __future__ import annotations
