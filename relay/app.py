@@ -35,7 +35,7 @@ from relay.errors import InternalError, RelayError, Unavailable
 from relay.hub import Hub
 from relay.limits import Quotas
 from relay.origins import cors_origins
-from relay.protocol import encode
+from relay.protocol import reconnect_frame
 from relay.rooms import Rooms
 from relay.services import Services
 from relay.ws import websocket_endpoint
@@ -223,7 +223,7 @@ def _drain_on_sigterm(services: Services) -> None:
         services.is_draining = True
         logger.info("SIGTERM: draining %d connections", services.hub.connection_count)
         sent = services.hub.broadcast_and_confirm(
-            encode({"type": "reconnect", "reason": "this replica is shutting down; reconnect with last_seq"})
+            reconnect_frame("this replica is shutting down; reconnect with last_seq")
         )
 
         async def hand_over() -> None:

@@ -20,7 +20,7 @@ from relay.auth import Identity
 from relay.bus import Bus, Disconnected, Message, Reconnected
 from relay.errors import RelayError, SlowConsumer
 from relay.keys import RoomKeys, code_of_channel
-from relay.protocol import Envelope, encode, now_ms
+from relay.protocol import Envelope, now_ms, redis_status_frame
 
 logger = logging.getLogger("relay.hub")
 
@@ -195,17 +195,9 @@ class Hub:
             if isinstance(event, Message):
                 self._deliver(event)
             elif isinstance(event, Disconnected):
-                self.broadcast(
-                    encode(
-                        {
-                            "type": "redis_status",
-                            "available": False,
-                            "message": "relay lost its connection to Redis; edits wait until it is back",
-                        }
-                    )
-                )
+                self.broadcast(redis_status_frame(available=False))
             elif isinstance(event, Reconnected):
-                self.broadcast(encode({"type": "redis_status", "available": True}))
+                self.broadcast(redis_status_frame(available=True))
                 for connection in self.connections():
                     connection.offer(RESYNC)
 

@@ -11,7 +11,9 @@ close the sockets of the user named in the frame's `user_id`); origin is the id 
 the connection that caused it (`-` for none); seq is the room sequence number (0 for volatile events
 such as cursors and presence); msg_id is the sender's optional `client_msg_id` (empty for none); ts is
 when the publishing replica stamped the event (ms since the epoch), for the delivery-latency metric.
-The header is fixed-position so a replica routes a message without parsing its JSON.
+The header is fixed-position so a replica routes a message without parsing its JSON. The Lua scripts
+never spell this format out: where only a script knows a value (the `seq` it assigns, the user whose
+presence expired), it joins parts built here (`SequencedEnvelope`, `member_left_template`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import orjson
 
@@ -151,27 +153,56 @@ def _json_type(value: Any) -> str:
     )
 
 
-# --- server frames -------------------------------------------------------------------------------
+# --- server frames ---------------------------------------------------------------------------------
+# Every frame relay sends is built here. Durable frames (editor_update, room_closed) start with the
+# `seq` the store assigns, so they are built as a SequencedEnvelope (below) that the Lua script completes.
+
+REASON_HISTORY_EXPIRED: Final = "history_expired"
+REASON_RESUME_INVALID: Final = "resume_invalid"
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def encode(frame: dict[str, Any]) -> bytes:
+def _encode(frame: dict[str, Any]) -> bytes:
     return orjson.dumps(frame)
 
 
-def frame_tail(frame: dict[str, Any]) -> bytes:
-    """A frame without its opening brace, so the store can put `{"seq":N,` in front atomically."""
-    return orjson.dumps(frame)[1:]
+def room_state_frame(
+    *,
+    room_code: str,
+    seq: int,
+    members: list[dict[str, Any]],
+    cursors: dict[str, Any],
+    you: dict[str, Any],
+    replayed: int | None = None,
+    content: str | None = None,
+    reason: str | None = None,
+) -> bytes:
+    """The first frame of a socket: `replayed` events follow it (a resume), or it carries `content`."""
+    frame: dict[str, Any] = {
+        "type": "room_state",
+        "room_code": room_code,
+        "seq": seq,
+        "members": members,
+        "cursors": cursors,
+        "you": you,
+    }
+    if replayed is not None:
+        frame.update(resumed=True, replayed=replayed)
+    else:
+        frame.update(resumed=False, content=content)
+        if reason is not None:
+            frame["reason"] = reason
+    return _encode(frame)
 
 
 def error_frame(code: str, message: str, client_msg_id: str | None = None) -> bytes:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if client_msg_id is not None:
         frame["client_msg_id"] = client_msg_id
-    return encode(frame)
+    return _encode(frame)
 
 
 def ack_frame(seq: int, client_msg_id: str | None, *, duplicate: bool = False) -> bytes:
@@ -180,13 +211,77 @@ def ack_frame(seq: int, client_msg_id: str | None, *, duplicate: bool = False) -
     frame: dict[str, Any] = {"type": "ack", "seq": seq, "client_msg_id": client_msg_id}
     if duplicate:
         frame["duplicate"] = True
-    return encode(frame)
+    return _encode(frame)
 
 
 PONG_FRAME: Final = b'{"type":"pong"}'
 
 
+def cursor_update_frame(user_id: str, user_name: str, cursor_position: Any, ts: int) -> bytes:
+    return _encode(
+        {
+            "type": "cursor_update",
+            "user_id": user_id,
+            "user_name": user_name,
+            "cursor_position": cursor_position,
+            "ts": ts,
+        }
+    )
+
+
+def member_joined_frame(user_id: str, user_name: str, role: str, ts: int) -> bytes:
+    return _encode(
+        {"type": "member_joined", "user_id": user_id, "user_name": user_name, "role": role, "ts": ts}
+    )
+
+
+def member_left_frame(user_id: str, ts: int) -> bytes:
+    return _encode({"type": "member_left", "user_id": user_id, "ts": ts})
+
+
+def member_removed_frame(user_id: str, ts: int) -> bytes:
+    return _encode({"type": "member_removed", "user_id": user_id, "ts": ts})
+
+
+def redis_status_frame(*, available: bool) -> bytes:
+    if available:
+        return _encode({"type": "redis_status", "available": True})
+    return _encode(
+        {
+            "type": "redis_status",
+            "available": False,
+            "message": "relay lost its connection to Redis; edits wait until it is back",
+        }
+    )
+
+
+def reconnect_frame(reason: str) -> bytes:
+    return _encode({"type": "reconnect", "reason": reason})
+
+
+def token_expiring_frame(expires_at: int) -> bytes:
+    return _encode(
+        {
+            "type": "token_expiring",
+            "expires_at": expires_at,
+            "message": 'send {"type": "refresh_token", "token": ...} to stay connected',
+        }
+    )
+
+
+def token_refreshed_frame(expires_at: int) -> bytes:
+    return _encode({"type": "token_refreshed", "expires_at": expires_at})
+
+
 # --- envelope -------------------------------------------------------------------------------------
+
+
+def _envelope_head(kind: str, origin: str) -> bytes:
+    return b"%s|%s|" % (kind.encode(), origin.encode())
+
+
+def _envelope_middle(msg_id: str | None, ts: int) -> bytes:
+    return b"|%s|%d|" % ((msg_id or "").encode(), ts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,12 +306,10 @@ class Envelope:
         return user_id if isinstance(user_id, str) else None
 
     def pack(self) -> bytes:
-        return b"%s|%s|%d|%s|%d|%s" % (
-            self.kind.encode(),
-            self.origin.encode(),
+        return b"%s%d%s%s" % (
+            _envelope_head(self.kind, self.origin),
             self.seq,
-            (self.msg_id or "").encode(),
-            self.ts,
+            _envelope_middle(self.msg_id, self.ts),
             self.frame,
         )
 
@@ -227,3 +320,86 @@ class Envelope:
         if kind not in (b"e", b"c", b"r"):
             raise ValueError(f"unknown envelope kind {kind[:10]!r}")
         return cls(kind.decode(), origin.decode(), int(seq), msg_id.decode() or None, int(ts), frame)
+
+
+@dataclass(frozen=True, slots=True)
+class SequencedEnvelope:
+    """A durable event before the store numbers it, in the parts its Lua script joins around the number.
+
+    lua/prelude.lua's `record_sequenced` builds `frame_head .. seq .. frame_tail` (the frame clients get
+    and the stream keeps) and `envelope_head .. seq .. envelope_middle .. frame` (what it publishes),
+    which is `Envelope(kind, origin, seq, msg_id, ts, frame).pack()`: the format is written only here.
+    """
+
+    kind: str
+    origin: str
+    msg_id: str | None
+    envelope_head: bytes
+    envelope_middle: bytes
+    frame_tail: bytes
+
+    FRAME_HEAD: ClassVar[bytes] = b'{"seq":'
+
+    @classmethod
+    def of(
+        cls, kind: str, origin: str, msg_id: str | None, ts: int, fields: dict[str, Any]
+    ) -> SequencedEnvelope:
+        """`fields` is the frame without its `seq`, which comes first."""
+        return cls(
+            kind=kind,
+            origin=origin,
+            msg_id=msg_id,
+            envelope_head=_envelope_head(kind, origin),
+            envelope_middle=_envelope_middle(msg_id, ts),
+            frame_tail=b"," + _encode(fields)[1:],
+        )
+
+    def script_args(self) -> list[bytes | str]:
+        """ARGV for `record_sequenced`, in its order."""
+        return [
+            self.kind,
+            self.origin,
+            self.msg_id or "",
+            self.envelope_head,
+            self.envelope_middle,
+            self.FRAME_HEAD,
+            self.frame_tail,
+        ]
+
+
+def editor_update_event(
+    *,
+    user_id: str,
+    user_name: str,
+    edit: EditorUpdate,
+    origin: str,
+    ts: int,
+) -> SequencedEnvelope:
+    fields: dict[str, Any] = {
+        "type": "editor_update",
+        "user_id": user_id,
+        "user_name": user_name,
+        "content": edit.content,
+        "cursor_position": edit.cursor_position,
+        "ts": ts,
+    }
+    if edit.client_msg_id is not None:
+        # Lets a client that resumes recognise its own accepted edits among the replayed ones.
+        fields["client_msg_id"] = edit.client_msg_id
+    return SequencedEnvelope.of(KIND_EVENT, origin, edit.client_msg_id, ts, fields)
+
+
+def room_closed_event(room_code: str, ts: int) -> SequencedEnvelope:
+    fields = {"type": "room_closed", "room_code": room_code, "reason": "closed by the interviewer", "ts": ts}
+    return SequencedEnvelope.of(KIND_CLOSE, NO_ORIGIN, None, ts, fields)
+
+
+def member_left_template(ts: int) -> tuple[bytes, bytes]:
+    """member_left's envelope split where the user id goes, for the scripts that find who left.
+
+    lua/prelude.lua's `sweep` publishes `head .. cjson.encode(user_id) .. tail`.
+    """
+    hole = "\x00"  # encodes as "\u0000": the only such string in this envelope
+    packed = Envelope(KIND_EVENT, NO_ORIGIN, 0, None, ts, member_left_frame(hole, ts)).pack()
+    head, tail = packed.split(orjson.dumps(hole))
+    return head, tail

@@ -8,9 +8,10 @@ replica.
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final
 
@@ -40,9 +41,14 @@ from relay.protocol import (
     CursorUpdate,
     EditorUpdate,
     Envelope,
-    encode,
-    frame_tail,
+    cursor_update_frame,
+    editor_update_event,
+    member_joined_frame,
+    member_left_frame,
+    member_left_template,
+    member_removed_frame,
     now_ms,
+    room_closed_event,
 )
 from relay.redis_errors import redis_unavailable_is_503
 
@@ -105,6 +111,27 @@ class RoomInfo:
         }
 
 
+class Resume(enum.Enum):
+    """What the history can say about the events after a client's last_seq."""
+
+    NOT_ASKED = "none"  # no last_seq: the client wants the whole document
+    REPLAYED = "events"  # the missed events, in order (maybe none)
+    AHEAD = "ahead"  # the room never reached last_seq: the client's copy is not this room's
+    HISTORY_GONE = "gone"  # the history no longer reaches back to last_seq
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """The durable events a socket missed, or why they cannot be replayed."""
+
+    resume: Resume
+    events: list[Envelope] = field(default_factory=list)  # empty unless resume is REPLAYED
+
+    @property
+    def is_replayable(self) -> bool:
+        return self.resume is Resume.REPLAYED
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The room as one atomic read: what a connecting socket is sent first."""
@@ -112,8 +139,15 @@ class Snapshot:
     info: RoomInfo
     content: str
     cursors: dict[str, Any]
-    # None: no resume asked. "ahead"/"gone": resume impossible. Else the missed events, in order.
-    missed: list[Envelope] | str | None
+    missed: Missed
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An editor_update the store took: its seq, and whether it was a resend of an accepted edit."""
+
+    seq: int
+    was_duplicate: bool
 
 
 def _lua(name: str) -> str:
@@ -129,22 +163,35 @@ def _pairs(flat: list[Any]) -> dict[str, bytes]:
     return {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
 
 
-_CLOSED_FRAME_PREFIX = re.compile(rb'\{"seq":\d+,"type":"room_closed"')
+# Stream entries written before entries recorded their kind (a rolling upgrade meets them until the
+# history is trimmed): only room_closed was not a plain event, and its frame starts like this.
+_LEGACY_CLOSED_FRAME = re.compile(rb'\{"seq":\d+,"type":"room_closed"')
 
 
-def _envelopes(flat: list[Any]) -> list[Envelope]:
-    """History rows (seq, origin, msg, frame) as envelopes; only room_closed is not a plain event."""
-    return [
+def _kind_of(kind: bytes | str, frame: bytes) -> str:
+    if kind:
+        return _text(kind)
+    return KIND_CLOSE if _LEGACY_CLOSED_FRAME.match(frame) else KIND_EVENT
+
+
+def _missed(flat: list[Any]) -> Missed:
+    """The scripts' answer ["events", seq, origin, msg, frame, kind, ...] or ["ahead"] / ["gone"]."""
+    resume = Resume(_text(flat[0]))
+    if resume is not Resume.REPLAYED:
+        return Missed(resume)
+    rows = flat[1:]
+    events = [
         Envelope(
-            kind=KIND_CLOSE if _CLOSED_FRAME_PREFIX.match(flat[i + 3]) else KIND_EVENT,
-            origin=_text(flat[i + 1]),
-            seq=int(flat[i]),
-            msg_id=_text(flat[i + 2]) or None,
+            kind=_kind_of(rows[i + 4], rows[i + 3]),
+            origin=_text(rows[i + 1]),
+            seq=int(rows[i]),
+            msg_id=_text(rows[i + 2]) or None,
             ts=0,  # replayed from history: not a live delivery, no latency to measure
-            frame=flat[i + 3],
+            frame=rows[i + 3],
         )
-        for i in range(0, len(flat), 4)
+        for i in range(0, len(rows), 5)
     ]
+    return Missed(resume, events)
 
 
 class Rooms:
@@ -219,18 +266,16 @@ class Rooms:
 
     @redis_unavailable_is_503
     async def close(self, code: str) -> int:
-        tail = frame_tail(
-            {"type": "room_closed", "room_code": code, "reason": "closed by the interviewer", "ts": now_ms()}
-        )
+        now = now_ms()
         result = await self._run(
             self._close,
             keys=RoomKeys.of(code).all,
             args=[
-                now_ms(),
-                tail,
+                now,
                 RoomKeys.of(code).channel,
                 self._settings.closed_room_ttl,
                 self._settings.history_max_events,
+                *room_closed_event(code, now).script_args(),
             ],
         )
         outcome = _text(result[0])
@@ -242,22 +287,11 @@ class Rooms:
     # --- events ----------------------------------------------------------------------------------
 
     @redis_unavailable_is_503
-    async def append_edit(
-        self, code: str, identity: Identity, edit: EditorUpdate, origin: str
-    ) -> tuple[int, bool]:
-        """Sequence, store and publish one editor_update: (its seq, whether it was a resent duplicate)."""
+    async def append_edit(self, code: str, identity: Identity, edit: EditorUpdate, origin: str) -> Accepted:
+        """Sequence, store and publish one editor_update."""
         now = now_ms()
-        tail = frame_tail(
-            {
-                "type": "editor_update",
-                "user_id": identity.user_id,
-                "user_name": identity.user_name,
-                "content": edit.content,
-                "cursor_position": edit.cursor_position,
-                "ts": now,
-                # Lets a client that resumes recognise its own accepted edits among the replayed ones.
-                **({"client_msg_id": edit.client_msg_id} if edit.client_msg_id is not None else {}),
-            }
+        event = editor_update_event(
+            user_id=identity.user_id, user_name=identity.user_name, edit=edit, origin=origin, ts=now
         )
         keys = RoomKeys.of(code)
         result = await self._run(
@@ -267,33 +301,25 @@ class Rooms:
                 identity.user_id,
                 edit.content,
                 edit.cursor_json,
-                tail,
-                origin,
                 edit.client_msg_id or "",
                 now,
                 self._settings.room_ttl,
                 self._settings.history_max_events,
                 now - self._settings.history_max_age * 1000,
                 keys.channel,
+                *event.script_args(),
             ],
         )
         outcome = _text(result[0])
         self._raise_for(outcome, code)
-        return int(result[1]), outcome == "duplicate"
+        return Accepted(int(result[1]), was_duplicate=outcome == "duplicate")
 
     @redis_unavailable_is_503
     async def publish_cursor(self, code: str, identity: Identity, cursor: CursorUpdate, origin: str) -> None:
-        frame = encode(
-            {
-                "type": "cursor_update",
-                "user_id": identity.user_id,
-                "user_name": identity.user_name,
-                "cursor_position": cursor.cursor_position,
-                "ts": now_ms(),
-            }
-        )
+        now = now_ms()
+        frame = cursor_update_frame(identity.user_id, identity.user_name, cursor.cursor_position, now)
         keys = RoomKeys.of(code)
-        envelope = Envelope(KIND_EVENT, origin, 0, None, now_ms(), frame).pack()
+        envelope = Envelope(KIND_EVENT, origin, 0, None, now, frame).pack()
         await self._run(
             self._cursor,
             keys=keys.all,
@@ -308,15 +334,7 @@ class Rooms:
         """
         now = now_ms()
         keys = RoomKeys.of(code)
-        joined = encode(
-            {
-                "type": "member_joined",
-                "user_id": identity.user_id,
-                "user_name": identity.user_name,
-                "role": role,
-                "ts": now,
-            }
-        )
+        joined = member_joined_frame(identity.user_id, identity.user_name, role, now)
         result = await self._run(
             self._presence_add,
             keys=keys.all,
@@ -330,6 +348,7 @@ class Rooms:
                 self._settings.room_ttl,
                 self._settings.max_connections_per_user,
                 self._settings.max_connections_per_room,
+                *member_left_template(now),
             ],
         )
         outcome = int(result)
@@ -359,6 +378,7 @@ class Rooms:
                 now + self._settings.presence_ttl * 1000,
                 now,
                 keys.channel,
+                *member_left_template(now),
                 *(f"{user_id}\t{connection_id}" for user_id, connection_id in entries),
             ],
         )
@@ -369,7 +389,7 @@ class Rooms:
     async def remove_member(self, code: str, user_id: str) -> None:
         """Remove a member for good: their sockets on every replica are closed, and they cannot rejoin."""
         keys = RoomKeys.of(code)
-        frame = encode({"type": "member_removed", "user_id": user_id, "ts": now_ms()})
+        frame = member_removed_frame(user_id, now_ms())
         outcome = _text(
             await self._run(
                 self._remove_member,
@@ -390,7 +410,7 @@ class Rooms:
     async def presence_remove(self, code: str, user_id: str, connection_id: str) -> None:
         now = now_ms()
         keys = RoomKeys.of(code)
-        left = encode({"type": "member_left", "user_id": user_id, "ts": now})
+        left = member_left_frame(user_id, now)
         await self._run(
             self._presence_remove,
             keys=keys.all,
@@ -400,6 +420,7 @@ class Rooms:
                 user_id,
                 keys.channel,
                 Envelope(KIND_EVENT, connection_id, 0, None, now, left).pack(),
+                *member_left_template(now),
             ],
         )
 
@@ -408,11 +429,9 @@ class Rooms:
         return await self._read_snapshot(code, after_seq)
 
     @redis_unavailable_is_503
-    async def events_after(self, code: str, after_seq: int) -> list[Envelope] | str:
-        """Durable events after `after_seq`, or "ahead" / "gone" when history cannot answer."""
-        result = await self._run(self._events_after, keys=RoomKeys.of(code).all, args=[after_seq])
-        head = _text(result[0])
-        return _envelopes(result[1:]) if head == "events" else head
+    async def events_after(self, code: str, after_seq: int) -> Missed:
+        """Durable events after `after_seq`, or why history cannot answer."""
+        return _missed(await self._run(self._events_after, keys=RoomKeys.of(code).all, args=[after_seq]))
 
     @redis_unavailable_is_503
     async def ping(self) -> None:
@@ -439,15 +458,6 @@ class Rooms:
         )
         cursors = {uid: orjson.loads(raw) for uid, raw in _pairs(result[3]).items()}
         connected = {_text(entry).rpartition("\t")[0] for entry in result[4]}
-        missed_raw = result[5]
-        head = _text(missed_raw[0])
-        missed: list[Envelope] | str | None
-        if head == "none":
-            missed = None
-        elif head == "events":
-            missed = _envelopes(missed_raw[1:])
-        else:
-            missed = head
         info = RoomInfo(
             code=code,
             status=_text(room.get("status", b"open")),
@@ -459,7 +469,7 @@ class Rooms:
             members=members,
             connected=connected,
         )
-        return Snapshot(info, _text(room.get("content", b"")), cursors, missed)
+        return Snapshot(info, _text(room.get("content", b"")), cursors, _missed(result[5]))
 
     @staticmethod
     def _raise_for(outcome: str, code: str) -> None:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -42,16 +41,20 @@ from relay.limits import TokenBucket
 from relay.origins import origin_allowed
 from relay.protocol import (
     PONG_FRAME,
+    REASON_HISTORY_EXPIRED,
+    REASON_RESUME_INVALID,
     CursorUpdate,
     EditorUpdate,
     Ping,
     RefreshToken,
     ack_frame,
-    encode,
     error_frame,
     parse_client_frame,
+    room_state_frame,
+    token_expiring_frame,
+    token_refreshed_frame,
 )
-from relay.rooms import Snapshot
+from relay.rooms import Resume, Snapshot
 from relay.services import Services
 
 logger = logging.getLogger("relay.ws")
@@ -151,48 +154,54 @@ def _last_seq(raw: str | None) -> int | None:
     return int(raw)
 
 
-def _room_state(connection: Connection, snapshot: Snapshot) -> dict[str, Any]:
+def _room_state(
+    connection: Connection,
+    snapshot: Snapshot,
+    *,
+    replayed: int | None = None,
+    reason: str | None = None,
+) -> str:
+    """The socket's room_state: `replayed` events follow it, or it carries the whole document."""
     info = snapshot.info
-    return {
-        "type": "room_state",
-        "room_code": info.code,
-        "seq": info.seq,
-        "members": [m.as_dict(connected=m.user_id in info.connected) for m in info.members],
-        "cursors": snapshot.cursors,
-        "you": {
+    return room_state_frame(
+        room_code=info.code,
+        seq=info.seq,
+        members=[m.as_dict(connected=m.user_id in info.connected) for m in info.members],
+        cursors=snapshot.cursors,
+        you={
             "user_id": connection.identity.user_id,
             "user_name": connection.identity.user_name,
             "role": connection.role,
             "connection_id": connection.id,
         },
-    }
+        replayed=replayed,
+        content=None if replayed is not None else snapshot.content,
+        reason=reason,
+    ).decode()
 
 
 async def _send_initial_state(websocket: WebSocket, connection: Connection, snapshot: Snapshot) -> None:
     info = snapshot.info
-    state = _room_state(connection, snapshot)
     missed = snapshot.missed
-    if isinstance(missed, list):
-        state.update(resumed=True, replayed=len(missed))
-        await websocket.send_text(encode(state).decode())
-        connection.last_seq = info.seq - len(missed)
-        for envelope in missed:
+    if missed.is_replayable:
+        await websocket.send_text(_room_state(connection, snapshot, replayed=len(missed.events)))
+        connection.last_seq = info.seq - len(missed.events)
+        for envelope in missed.events:
             await _send_durable(websocket, connection, Delivery.from_envelope(envelope))
         return
-    if missed == "ahead":
+    reason = None
+    if missed.resume is Resume.AHEAD:
+        reason = REASON_RESUME_INVALID
         await websocket.send_text(
             error_frame(
-                "resume_invalid",
+                REASON_RESUME_INVALID,
                 f"last_seq is ahead of room {info.code} (its seq is {info.seq}): your copy is not from "
                 "this room's history; replace it with the content below",
             ).decode()
         )
-    state.update(resumed=False, content=snapshot.content)
-    if missed == "gone":
-        state["reason"] = "history_expired"
-    elif missed == "ahead":
-        state["reason"] = "resume_invalid"
-    await websocket.send_text(encode(state).decode())
+    elif missed.resume is Resume.HISTORY_GONE:
+        reason = REASON_HISTORY_EXPIRED
+    await websocket.send_text(_room_state(connection, snapshot, reason=reason))
     connection.last_seq = info.seq
 
 
@@ -268,7 +277,7 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
         _RECEIVED[type(frame)].inc()
         if isinstance(frame, EditorUpdate):
             try:
-                seq, duplicate = await rooms.append_edit(
+                accepted = await rooms.append_edit(
                     connection.room_code, connection.identity, frame, connection.id
                 )
             except Unavailable as error:
@@ -277,13 +286,13 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
             except RelayError as error:
                 connection.kick(error)
                 return
-            if duplicate and seq <= connection.last_seq:
+            if accepted.was_duplicate and accepted.seq <= connection.last_seq:
                 # Accepted earlier (its ack was lost with an old socket): confirm it again, out of band.
-                ack = ack_frame(seq, frame.client_msg_id, duplicate=True).decode()
+                ack = ack_frame(accepted.seq, frame.client_msg_id, duplicate=True).decode()
                 connection.offer(Delivery(seq=0, text=ack))
             else:
                 connection.offer(
-                    Delivery(seq=seq, text=None, origin=connection.id, msg_id=frame.client_msg_id)
+                    Delivery(seq=accepted.seq, text=None, origin=connection.id, msg_id=frame.client_msg_id)
                 )
         elif isinstance(frame, CursorUpdate):
             try:
@@ -306,8 +315,8 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                 return
             connection.identity = identity
             watch.schedule()
-            refreshed = {"type": "token_refreshed", "expires_at": int(identity.expires_at)}
-            connection.offer(Delivery(seq=0, text=encode(refreshed).decode()))
+            refreshed = token_refreshed_frame(int(identity.expires_at))
+            connection.offer(Delivery(seq=0, text=refreshed.decode()))
 
 
 class _FloodWatch:
@@ -355,12 +364,8 @@ class _TokenWatch:
         self._timers = []
 
     def _warn(self, expires_at: float) -> None:
-        frame = {
-            "type": "token_expiring",
-            "expires_at": int(expires_at),
-            "message": 'send {"type": "refresh_token", "token": ...} to stay connected',
-        }
-        self._connection.offer(Delivery(seq=0, text=encode(frame).decode()))
+        frame = token_expiring_frame(int(expires_at))
+        self._connection.offer(Delivery(seq=0, text=frame.decode()))
 
     def _expire(self) -> None:
         self._connection.kick(TokenExpired("token expired: send a refresh_token frame before it does"))
@@ -414,7 +419,7 @@ async def _catch_up(
     snapshot: Snapshot | None = None
     try:
         missed = await services.rooms.events_after(connection.room_code, connection.last_seq)
-        if isinstance(missed, str):
+        if not missed.is_replayable:
             snapshot = await services.rooms.snapshot(connection.room_code, None)
     except Unavailable:
         # Cannot repair the gap now; the client resumes from its last seq on another connection.
@@ -423,14 +428,11 @@ async def _catch_up(
     except RelayError as error:  # the room is gone or closed meanwhile
         connection.kick(error)
         return
-    if isinstance(missed, str):
-        assert snapshot is not None
-        state = _room_state(connection, snapshot)
-        state.update(resumed=False, reason="history_expired", content=snapshot.content)
-        await websocket.send_text(encode(state).decode())
+    if snapshot is not None:
+        await websocket.send_text(_room_state(connection, snapshot, reason=REASON_HISTORY_EXPIRED))
         connection.last_seq = snapshot.info.seq
         return
-    for envelope in missed:
+    for envelope in missed.events:
         if upto is not None and envelope.seq > upto:
             break
         await _send_durable(websocket, connection, Delivery.from_envelope(envelope))

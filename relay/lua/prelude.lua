@@ -14,7 +14,8 @@ local function user_present(uid)
   return false
 end
 -- Drop presence entries whose replica stopped refreshing them (it died) and tell the room.
-local function sweep(now, channel)
+-- left_head, left_tail: protocol.member_left_template, the member_left envelope around its user id.
+local function sweep(now, channel, left_head, left_tail)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
   if #expired == 0 then return end
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
@@ -22,11 +23,21 @@ local function sweep(now, channel)
   for _, entry in ipairs(expired) do gone[user_of(entry)] = true end
   for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do gone[user_of(entry)] = nil end
   for uid, _ in pairs(gone) do
-    local frame = cjson.encode({type = 'member_left', user_id = uid, ts = tonumber(now)})
-    redis.call('PUBLISH', channel, 'e|-|0||' .. now .. '|' .. frame)
+    redis.call('PUBLISH', channel, left_head .. cjson.encode(uid) .. left_tail)
   end
 end
--- Durable events after `after`, oldest first, as {seq, origin, msg, frame, ...};
+-- Keep a durable event numbered `seq` in the stream and publish it. ARGV[first..first+6] are
+-- protocol.SequencedEnvelope.script_args(): kind, origin, msg_id, envelope_head, envelope_middle,
+-- frame_head, frame_tail. The stream entry records its kind: events_after hands it back.
+local function record_sequenced(seq, first, channel, maxlen)
+  local kind, origin, msg = ARGV[first], ARGV[first + 1], ARGV[first + 2]
+  local frame = ARGV[first + 5] .. seq .. ARGV[first + 6]
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*',
+    'seq', seq, 'origin', origin, 'msg', msg, 'frame', frame, 'kind', kind)
+  redis.call('PUBLISH', channel, ARGV[first + 3] .. seq .. ARGV[first + 4] .. frame)
+end
+-- Durable events after `after`, oldest first, as {seq, origin, msg, frame, kind, ...} (kind '' for an
+-- entry written before entries recorded it);
 -- 'ahead' when the room never reached `after`, 'gone' when history no longer covers the gap.
 local function events_after(after)
   local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
@@ -41,7 +52,7 @@ local function events_after(after)
     local row = {}
     for j = 1, #fields, 2 do row[fields[j]] = fields[j + 1] end
     table.insert(out, row['seq']); table.insert(out, row['origin'])
-    table.insert(out, row['msg']); table.insert(out, row['frame'])
+    table.insert(out, row['msg']); table.insert(out, row['frame']); table.insert(out, row['kind'] or '')
   end
   if tonumber(out[1]) ~= after + 1 then return 'gone' end
   return out

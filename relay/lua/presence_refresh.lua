@@ -1,13 +1,14 @@
--- ARGV: expires_ms, now_ms, channel, entry... Extends this replica's live entries of one room in one
--- call and sweeps the dead ones (a dead replica's); returns the entries that had expired meanwhile.
+-- ARGV: expires_ms, now_ms, channel, left_head, left_tail (for sweep), entry... Extends this replica's
+-- live entries of one room in one call and sweeps the dead ones (a dead replica's); returns the entries
+-- that had expired meanwhile.
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return {} end
 local missing = {}
-for i = 4, #ARGV do
+for i = 6, #ARGV do
   if redis.call('ZSCORE', KEYS[4], ARGV[i]) then
     redis.call('ZADD', KEYS[4], 'XX', ARGV[1], ARGV[i])
   else
     table.insert(missing, ARGV[i])
   end
 end
-sweep(ARGV[2], ARGV[3])
+sweep(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 return missing
