@@ -106,4 +106,7 @@ def test_settings_defaults_and_errors() -> None:
     with pytest.raises(ConfigError, match="PORT must be between 1 and 65535, got 0"):
         Settings.from_environ({"RELAY_DEV_MODE": "true", "PORT": "0"})
     with pytest.raises(ConfigError, match="RELAY_CREATE_REQUIRES_INTERVIEWER"):
-        Settings.from_environ({"RELAY_DEV_MODE": "true", "RELAY_CREATE_REQUIRES_INTERVIEWER": "true"})
+        # Production settings: development mode has a default claim.
+        Settings.from_environ(
+            {"SUPABASE_URL": "https://ref.supabase.co/", "RELAY_CREATE_REQUIRES_INTERVIEWER": "true"}
+        )
