@@ -10,9 +10,11 @@ room goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from relay import metrics
@@ -134,11 +136,42 @@ class Connection:
             self.kicked.set_result(None)
 
 
+class RoomLocks:
+    """One asyncio.Lock per room code, kept exactly as long as a coroutine holds it or waits for it.
+
+    A lock reads unlocked between its release and its next waiter's wake-up, so `not locked()` does
+    not mean "unused": dropping it then would let a newcomer create a second lock for the same room and
+    enter the critical section beside the woken waiter. Counting holders and waiters does mean it.
+    """
+
+    __slots__ = ("_locks",)
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, code: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(code) or (asyncio.Lock(), 0)
+        self._locks[code] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._locks[code]
+            if users == 1:
+                del self._locks[code]
+            else:
+                self._locks[code] = (lock, users - 1)
+
+
 class Hub:
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
         self._rooms: defaultdict[str, set[Connection]] = defaultdict(set)
-        self._subscription_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._subscription_locks = RoomLocks()
 
     @property
     def connection_count(self) -> int:
@@ -156,7 +189,7 @@ class Hub:
     async def add(self, connection: Connection) -> None:
         """Register a connection; returns once its room's channel is subscribed on this replica."""
         code = connection.room_code
-        async with self._subscription_locks[code]:
+        async with self._subscription_locks.hold(code):
             first = not self._rooms.get(code)
             self._rooms[code].add(connection)
             metrics.CONNECTIONS.inc()
@@ -173,7 +206,7 @@ class Hub:
 
     async def remove(self, connection: Connection) -> None:
         code = connection.room_code
-        async with self._subscription_locks[code]:
+        async with self._subscription_locks.hold(code):
             connections = self._rooms.get(code)
             if connections is None or connection not in connections:
                 return
@@ -183,8 +216,6 @@ class Hub:
                 del self._rooms[code]
                 metrics.ROOMS.dec()
                 await self._bus.unsubscribe(RoomKeys.of(code).channel)
-        if not self._subscription_locks[code].locked() and code not in self._rooms:
-            self._subscription_locks.pop(code, None)
 
     async def run(self) -> None:
         """Consume the bus until cancelled: deliver messages, tell clients about Redis outages."""
