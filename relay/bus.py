@@ -13,7 +13,6 @@ declares the link dead when nothing at all came back for `link_timeout` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -52,6 +51,11 @@ class Reconnected:
 
 
 BusEvent = Message | Disconnected | Reconnected
+
+
+def _link_failed(part: str, error: Exception) -> redis.exceptions.ConnectionError:
+    """A failure of the link's own tasks, reported like a broken connection so the link restarts."""
+    return redis.exceptions.ConnectionError(f"pub/sub {part} failed ({type(error).__name__}: {error})")
 
 
 class Bus:
@@ -153,6 +157,12 @@ class Bus:
                     inbox.put_nowait(message)
         except _REDIS_DOWN as exc:
             inbox.put_nowait(exc)
+        except Exception as exc:
+            # A bug, or a reply redis-py could not parse: the link's state is unknown. Restart it now
+            # instead of letting delivery stall until the watchdog's timeout; the reconnection resyncs
+            # every room from history, so nothing published meanwhile is lost.
+            logger.exception("pub/sub reader failed; restarting the link")
+            inbox.put_nowait(_link_failed("reader", exc))
 
     async def _watch_link(self, inbox: asyncio.Queue[dict[str, Any] | Exception]) -> None:
         """PING through the link; when nothing came back for link_timeout, report it dead."""
@@ -167,8 +177,14 @@ class Bus:
                     )
                 )
                 return
-            with contextlib.suppress(*_REDIS_DOWN):  # the reader reports a broken link itself
+            try:
                 await self._pubsub.ping()
+            except _REDIS_DOWN:
+                pass  # the reader reports a broken link itself
+            except Exception as exc:
+                logger.exception("pub/sub watchdog failed; restarting the link")
+                inbox.put_nowait(_link_failed("watchdog", exc))
+                return
 
     def _handle(self, message: dict[str, Any]) -> BusEvent | None:
         kind = message["type"]
