@@ -126,15 +126,20 @@ async def _open(websocket: WebSocket, services: Services) -> tuple[Connection, S
     # Subscribe before reading the snapshot so no event falls between the two; the writer drops
     # what the snapshot already covers.
     await services.hub.add(connection)
+    is_present = False
     try:
         await services.rooms.presence_add(code, identity, member.role, connection.id)
+        is_present = True
         snapshot = await services.rooms.snapshot(code, last_seq)
+        if snapshot.info.status != "open":
+            raise RoomClosed(f"room {code} has been closed by its interviewer")
     except BaseException:
         await services.hub.remove(connection)
+        if is_present:
+            # Otherwise the room would show this socket as connected until its entry expires.
+            with contextlib.suppress(RelayError):
+                await services.rooms.presence_remove(code, identity.user_id, connection.id)
         raise
-    if snapshot.info.status != "open":
-        await services.hub.remove(connection)
-        raise RoomClosed(f"room {code} has been closed by its interviewer")
     logger.info("connected: connection %s user %s room %s", connection.id, identity.user_id, code)
     return connection, snapshot
 
