@@ -193,27 +193,73 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: Redis answers, the pub/sub link is up and the replica is not draining."""
+    """Readiness: Redis answers, the pub/sub link is up and the replica is not draining.
+
+    On a Redis Cluster, a shard that is down makes the replica "degraded", still 200: every replica sees
+    the same shard down, and taking them all out of the load balancer would stop the rooms of every
+    other shard too. The body names each shard; `?room=CODE` answers 503 when that room's shard is down.
+    """
     services = _services(request)
+    shards = await _shard_report(services)
     problems = []
     if services.is_draining:
         problems.append("draining")
-    if not services.bus.has_redis:
-        problems.append("pub/sub link to Redis is down")
-    try:
-        await asyncio.wait_for(services.rooms.ping(), READY_PING_TIMEOUT)
-    except (Unavailable, TimeoutError):
-        problems.append("Redis does not answer")
+    if shards is None:
+        if not services.bus.has_redis:
+            problems.append("pub/sub link to Redis is down")
+        try:
+            await asyncio.wait_for(services.rooms.ping(), READY_PING_TIMEOUT)
+        except (Unavailable, TimeoutError):
+            problems.append("Redis does not answer")
+    else:
+        down = [f"shard {address} is down: {state}" for address, state in shards.items() if state != "up"]
+        if not shards or len(down) == len(shards):
+            problems.append("no Redis Cluster shard is reachable")
+        room = request.query_params.get("room")
+        if room is not None:
+            code = normalize_code(room)
+            address = services.rooms.shard_address(code)
+            if address is None or shards.get(address) != "up":
+                problems.append(f"room {code}'s shard {address or '(unknown)'} is down")
+        if problems:
+            problems += down
     if problems:
-        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
-    return JSONResponse(
-        {
-            "status": "ready",
-            "replica": services.replica_id,
-            "connections": services.hub.connection_count,
-            "rooms": len(services.hub.room_codes),
-        }
-    )
+        body: dict[str, Any] = {"status": "unavailable", "problems": problems}
+        if shards is not None:
+            body["shards"] = shards
+        return JSONResponse(body, status_code=503)
+    body = {
+        "status": "ready",
+        "replica": services.replica_id,
+        "connections": services.hub.connection_count,
+        "rooms": len(services.hub.room_codes),
+    }
+    if shards is not None:
+        body["shards"] = shards
+        if any(state != "up" for state in shards.values()):
+            body["status"] = "degraded"
+    return JSONResponse(body)
+
+
+async def _shard_report(services: Services) -> dict[str, str] | None:
+    """Each cluster primary: "up", or what is wrong (commands or pub/sub). None for one Redis."""
+    try:
+        health = await asyncio.wait_for(services.rooms.shard_health(), READY_PING_TIMEOUT)
+    except TimeoutError:
+        health = {}
+    if health is None:
+        return None
+    links = services.bus.shard_status()
+    report = {}
+    for address in sorted(set(health) | set(links)):
+        problem = health.get(address, "did not answer in time")
+        if problem is not None:
+            report[address] = f"commands fail ({problem})"
+        elif not links.get(address, False):
+            report[address] = "pub/sub link is down"
+        else:
+            report[address] = "up"
+    return report
 
 
 routes = [

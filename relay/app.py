@@ -29,7 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import api, logs, page
 from relay.auth import Authenticator
-from relay.bus import Bus
+from relay.bus import Bus, PubSubBus
+from relay.cluster import ClusterBus, ClusterConfig, ShardedScripts, Topology
 from relay.config import Settings
 from relay.errors import InternalError, RelayError, Unavailable
 from relay.hub import Hub
@@ -119,14 +120,25 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis_client, pubsub_client = make_redis(settings)
-        bus = Bus(pubsub_client, link_timeout=settings.redis_link_timeout)
+        topology: Topology | None = None
+        bus: PubSubBus
+        if settings.redis_cluster:
+            assert settings.redis_url is not None
+            config = ClusterConfig.from_url(settings.redis_url)
+            topology = Topology(config)
+            redis_client = pubsub_client = topology.client(config.seeds[0])
+            rooms = Rooms(redis_client, settings, cluster=ShardedScripts(topology))
+            bus = ClusterBus(topology, config, link_timeout=settings.redis_link_timeout)
+        else:
+            redis_client, pubsub_client = make_redis(settings)
+            rooms = Rooms(redis_client, settings)
+            bus = Bus(pubsub_client, link_timeout=settings.redis_link_timeout)
         hub = Hub(bus)
         services = Services(
             settings=settings,
             auth=Authenticator(settings),
-            rooms=Rooms(redis_client, settings),
-            quotas=Quotas(redis_client, settings),
+            rooms=rooms,
+            quotas=Quotas(redis_client, settings, rooms.scripts),
             bus=bus,
             hub=hub,
             replica_id=replica_id,
@@ -159,6 +171,8 @@ def create_app(settings: Settings) -> Starlette:
             for client in {redis_client, pubsub_client}:
                 with contextlib.suppress(Exception):
                     await client.aclose()
+            if topology is not None:
+                await topology.aclose()
             logger.info("replica %s stopped", replica_id)
 
     middleware = [Middleware(RequestIds)]

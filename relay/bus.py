@@ -18,10 +18,12 @@ import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.client import PubSub
+from redis.crc import key_slot
 
 from relay import metrics
 from relay.errors import Unavailable
@@ -43,14 +45,56 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Disconnected:
     reason: str
+    shard: str | None = None  # in a cluster: the primary whose link was lost
+    rooms: frozenset[str] | None = None  # the rooms that may miss messages; None: every room
 
 
 @dataclass(frozen=True, slots=True)
 class Reconnected:
-    pass
+    shard: str | None = None
+    rooms: frozenset[str] | None = None  # the rooms to resync from history; None: every room
 
 
-BusEvent = Message | Disconnected | Reconnected
+@dataclass(frozen=True, slots=True)
+class SlotMoved:
+    """A sharded link only: the server dropped a subscription because the channel's slot left the node."""
+
+    channel: bytes
+
+
+BusEvent = Message | Disconnected | Reconnected | SlotMoved
+
+
+class PubSubBus(Protocol):
+    """What the hub drives: a Bus (one Redis), or a ClusterBus (one sharded Bus per primary)."""
+
+    @property
+    def has_redis(self) -> bool: ...
+
+    async def subscribe(self, channel: str) -> None: ...
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    def shard_status(self) -> dict[str, bool]: ...
+
+    def events(self) -> AsyncIterator[BusEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _SlotwisePubSub(PubSub):
+    """A PubSub that resubscribes shard channels one slot at a time after a reconnection.
+
+    redis-py resends every shard channel in one SSUBSCRIBE, which a cluster node refuses (CROSSSLOT)
+    as soon as the channels span two slots; redis-py's own ClusterPubSub overrides the same method.
+    """
+
+    async def _resubscribe_shard_channels(self) -> None:
+        by_slot: defaultdict[int, list[Any]] = defaultdict(list)
+        for channel in self.shard_channels:
+            by_slot[key_slot(self.encoder.encode(channel))].append(channel)
+        for channels in by_slot.values():
+            await self.ssubscribe(*channels)
 
 
 def _link_failed(part: str, error: Exception) -> redis.exceptions.ConnectionError:
@@ -59,10 +103,18 @@ def _link_failed(part: str, error: Exception) -> redis.exceptions.ConnectionErro
 
 
 class Bus:
-    def __init__(self, redis_client: aioredis.Redis, *, link_timeout: float = 10.0) -> None:
+    def __init__(
+        self, redis_client: aioredis.Redis, *, link_timeout: float = 10.0, sharded: bool = False
+    ) -> None:
         # `redis_client` should not retry on its own (see make_redis): a link that redis-py silently
         # re-established would lose the messages published meanwhile without the hub ever resyncing.
-        self._pubsub = redis_client.pubsub()
+        # sharded: one node of a Redis Cluster, with SSUBSCRIBE (the scripts SPUBLISH; see cluster.py).
+        self._sharded = sharded
+        self._pubsub = (
+            _SlotwisePubSub(connection_pool=redis_client.connection_pool)
+            if sharded
+            else redis_client.pubsub()
+        )
         self._link_timeout = link_timeout
         self._ping_interval = link_timeout / 3
         self._waiters: defaultdict[bytes, list[asyncio.Future[None]]] = defaultdict(list)
@@ -76,10 +128,13 @@ class Bus:
         try:
             if not self.has_redis:
                 raise Unavailable("relay has no connection to Redis right now; retry shortly")
-            await self._pubsub.subscribe(channel)
+            if self._sharded:
+                await self._pubsub.ssubscribe(channel)
+            else:
+                await self._pubsub.subscribe(channel)
             await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_TIMEOUT)
         except (*_REDIS_DOWN, TimeoutError):
-            self._pubsub.channels.pop(channel.encode(), None)
+            self._subscriptions.pop(channel.encode(), None)
             raise Unavailable("could not subscribe to the room's channel; retry shortly") from None
         finally:
             waiters = self._waiters.get(channel.encode())
@@ -90,11 +145,28 @@ class Bus:
 
     async def unsubscribe(self, channel: str) -> None:
         try:
-            await self._pubsub.unsubscribe(channel)
+            if self._sharded:
+                await self._pubsub.sunsubscribe(channel)
+            else:
+                await self._pubsub.unsubscribe(channel)
         except _REDIS_DOWN:
             # Gone with the connection anyway; drop it so a reconnect does not resubscribe it.
-            self._pubsub.channels.pop(channel.encode(), None)
-            self._pubsub.pending_unsubscribe_channels.discard(channel.encode())
+            self.forget(channel)
+
+    def shard_status(self) -> dict[str, bool]:
+        """Per cluster shard (see ClusterBus); one Redis has none."""
+        return {}
+
+    def forget(self, channel: str) -> None:
+        """Drop a channel without telling the server (its node is gone, or no longer serves the slot)."""
+        self._subscriptions.pop(channel.encode(), None)
+        self._pubsub.pending_unsubscribe_channels.discard(channel.encode())
+        self._pubsub.pending_unsubscribe_shard_channels.discard(channel.encode())
+
+    @property
+    def _subscriptions(self) -> dict[Any, Any]:
+        """What redis-py resubscribes after a reconnection."""
+        return self._pubsub.shard_channels if self._sharded else self._pubsub.channels
 
     async def events(self) -> AsyncIterator[BusEvent]:
         """Messages of every subscribed channel, for as long as the process lives."""
@@ -188,12 +260,16 @@ class Bus:
 
     def _handle(self, message: dict[str, Any]) -> BusEvent | None:
         kind = message["type"]
-        if kind == "message":
+        if kind in ("message", "smessage"):
             return Message(message["channel"], message["data"])
-        if kind == "subscribe":
+        if kind in ("subscribe", "ssubscribe"):
             for future in self._waiters.pop(message["channel"], []):
                 if not future.done():
                     future.set_result(None)
+        elif kind == "sunsubscribe" and message["channel"] in self._pubsub.shard_channels:
+            # Not asked for (redis-py forgets the channels we unsubscribed): the slot migrated away.
+            del self._pubsub.shard_channels[message["channel"]]
+            return SlotMoved(message["channel"])
         return None
 
     async def _drop_connection(self) -> None:

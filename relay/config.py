@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import starlette.config
 
@@ -34,6 +34,44 @@ _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
 
 class ConfigError(Exception):
     """A setting has a value relay cannot run with; the message names the setting."""
+
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    """`redis+cluster://[user:password@]host:port,host:port` (rediss+cluster:// for TLS): the seeds."""
+
+    seeds: tuple[str, ...]  # "host:port"
+    username: str | None
+    password: str | None = field(repr=False)
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterURL:
+        """Raises ValueError naming what is wrong (never echoing the password)."""
+        parts = urlsplit(url)
+        if parts.scheme not in CLUSTER_SCHEMES:
+            raise ValueError(
+                f"a cluster URL starts with redis+cluster:// or rediss+cluster://, got {parts.scheme!r}"
+            )
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = credentials.partition(":")
+        seeds = []
+        for item in hosts.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"each cluster node must be host:port, got {item.strip()!r}")
+            seeds.append(f"{host.strip('[]')}:{int(port)}")
+        if parts.path not in ("", "/", "/0"):
+            raise ValueError("Redis Cluster has only database 0; drop the path from the URL")
+        return cls(
+            seeds=tuple(seeds),
+            username=unquote(username) or None,
+            password=unquote(password) or None,
+            tls=parts.scheme == "rediss+cluster",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +162,11 @@ class Settings:
     def is_embedded(self) -> bool:
         """True when there is no REDIS_URL: one process, with an in-process store."""
         return self.redis_url is None
+
+    @property
+    def redis_cluster(self) -> bool:
+        """True for a redis+cluster:// (or rediss+cluster://) REDIS_URL: Redis Cluster mode."""
+        return self.redis_url is not None and urlsplit(self.redis_url).scheme in CLUSTER_SCHEMES
 
     @property
     def jwks_url(self) -> str | None:
@@ -329,10 +372,18 @@ class _Reader:
         value = self.text(name)
         if value is None:
             return None
-        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        scheme = urlsplit(value).scheme
+        if scheme in CLUSTER_SCHEMES:
+            try:
+                ClusterURL.parse(value)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        elif scheme not in {"redis", "rediss", "unix"}:
             # Only the scheme is echoed: the rest of the URL may hold a password.
-            scheme = urlsplit(value).scheme or "schemeless"
-            raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL, got a {scheme!r} URL")
+            raise ConfigError(
+                f"{name} must be a redis://, rediss://, unix://, or redis+cluster://host:port,host:port "
+                f"URL, got a {scheme or 'schemeless'!r} URL"
+            )
         return value
 
     def origins(self, name: str) -> tuple[str, ...]:

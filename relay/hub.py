@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from relay import metrics
 from relay.auth import Identity
-from relay.bus import Bus, Disconnected, Message, Reconnected
+from relay.bus import Disconnected, Message, PubSubBus, Reconnected
 from relay.errors import RelayError, SlowConsumer
 from relay.keys import RoomKeys, code_of_channel
 from relay.protocol import Envelope, now_ms, redis_status_frame
@@ -168,7 +168,7 @@ class RoomLocks:
 
 
 class Hub:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: PubSubBus) -> None:
         self._bus = bus
         self._rooms: defaultdict[str, set[Connection]] = defaultdict(set)
         self._subscription_locks = RoomLocks()
@@ -226,10 +226,11 @@ class Hub:
             if isinstance(event, Message):
                 self._deliver(event)
             elif isinstance(event, Disconnected):
-                self.broadcast(redis_status_frame(available=False))
+                # In a cluster, one shard's link: only the rooms it serves are told and resynced.
+                self.broadcast(redis_status_frame(available=False), rooms=event.rooms)
             elif isinstance(event, Reconnected):
-                self.broadcast(redis_status_frame(available=True))
-                for connection in self.connections():
+                self.broadcast(redis_status_frame(available=True), rooms=event.rooms)
+                for connection in self._connections_of(event.rooms):
                     connection.offer(RESYNC)
 
     def _deliver(self, message: Message) -> None:
@@ -265,8 +266,13 @@ class Hub:
             confirmations.append(sent)
         return confirmations
 
-    def broadcast(self, frame: bytes) -> None:
-        """One volatile frame to every local connection (replica-wide notices)."""
+    def broadcast(self, frame: bytes, *, rooms: frozenset[str] | None = None) -> None:
+        """One volatile frame to every local connection (replica-wide notices), or those of `rooms`."""
         delivery = Delivery(seq=0, text=frame.decode())
-        for connection in self.connections():
+        for connection in self._connections_of(rooms):
             connection.offer(delivery)
+
+    def _connections_of(self, rooms: frozenset[str] | None) -> list[Connection]:
+        if rooms is None:
+            return self.connections()
+        return [c for code in rooms for c in self._rooms.get(code, ())]

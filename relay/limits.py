@@ -2,16 +2,20 @@
 
 Quota keys never contain user input as such: user ids and client addresses are hashed, so a crafted
 `sub` cannot name or collide with another key.
+
+Every counter is its own key without a hash tag, and every command touches one key: on a Redis Cluster
+the counters spread over the shards by their hash and no command is cross-slot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from relay.config import Settings
 from relay.errors import RateLimited
@@ -21,16 +25,22 @@ CREATE_WINDOW_SECONDS: Final = 3600
 JOIN_FAILURE_WINDOW_SECONDS: Final = 600
 
 _COUNT = r"""
--- KEYS: counters; ARGV[1]: window seconds. Counts one event on every key; returns {count, ttl} per key.
-local out = {}
-for i = 1, #KEYS do
-  local n = redis.call('INCR', KEYS[i])
-  if n == 1 then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
-  table.insert(out, n)
-  table.insert(out, redis.call('TTL', KEYS[i]))
-end
-return out
+-- KEYS[1]: a counter; ARGV[1]: window seconds. Counts one event; returns {count, ttl}.
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {n, redis.call('TTL', KEYS[1])}
 """
+
+_PEEK = r"""
+-- KEYS[1]: a counter. Returns {count, ttl} without counting.
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('TTL', KEYS[1])}
+"""
+
+
+class ScriptRunner(Protocol):
+    """ScriptPipeline (one Redis) or cluster.ShardedScripts (the key's shard)."""
+
+    async def call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any: ...
 
 
 class TokenBucket:
@@ -61,21 +71,25 @@ def _digest(value: str) -> str:
 class Quotas:
     """Per-user and per-address quotas counted in Redis, so they hold across every replica."""
 
-    def __init__(self, redis_client: aioredis.Redis, settings: Settings) -> None:
-        self._redis = redis_client
+    def __init__(self, redis_client: aioredis.Redis, settings: Settings, scripts: ScriptRunner) -> None:
+        """`redis_client` names the scripts; `scripts` runs them (batched with the room scripts)."""
         self._settings = settings
-        self._count: Callable[..., Awaitable[Any]] = redis_client.register_script(_COUNT)
+        self._scripts = scripts
+        self._count_script = redis_client.register_script(_COUNT)
+        self._peek_script = redis_client.register_script(_PEEK)
+
+    async def _count(self, key: str, window: int) -> tuple[int, int]:
+        count, ttl = await self._scripts.call(self._count_script, [key], [window])
+        return int(count), int(ttl)
 
     @redis_unavailable_is_503
     async def count_room_creation(self, user_id: str) -> None:
         """Counts one creation; raises RateLimited past RELAY_CREATE_LIMIT per hour."""
-        count, ttl = await self._count(
-            keys=[f"relay:limit:create:{_digest(user_id)}"], args=[CREATE_WINDOW_SECONDS]
-        )
-        if int(count) > self._settings.create_limit:
+        count, ttl = await self._count(f"relay:limit:create:{_digest(user_id)}", CREATE_WINDOW_SECONDS)
+        if count > self._settings.create_limit:
             raise RateLimited(
                 f"you created {self._settings.create_limit} rooms in the last hour; try again later",
-                retry_after=max(int(ttl), 1),
+                retry_after=max(ttl, 1),
             )
 
     def _join_keys(self, user_id: str, address: str | None) -> list[str]:
@@ -87,15 +101,11 @@ class Quotas:
     @redis_unavailable_is_503
     async def check_join(self, user_id: str, address: str | None) -> None:
         """Refuses a join while the user or its address has too many recent failed joins."""
-        keys = self._join_keys(user_id, address)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(key)
-                pipe.ttl(key)
-            replies = await pipe.execute()
-        for index in range(0, len(replies), 2):
-            failures, ttl = replies[index], replies[index + 1]
-            if failures is not None and int(failures) >= self._settings.join_failure_limit:
+        replies = await asyncio.gather(
+            *(self._scripts.call(self._peek_script, [key], []) for key in self._join_keys(user_id, address))
+        )
+        for failures, ttl in replies:
+            if int(failures) >= self._settings.join_failure_limit:
                 raise RateLimited(
                     "too many joins of unknown rooms; check the code and try again later",
                     retry_after=max(int(ttl), 1),
@@ -103,4 +113,6 @@ class Quotas:
 
     @redis_unavailable_is_503
     async def count_join_failure(self, user_id: str, address: str | None) -> None:
-        await self._count(keys=self._join_keys(user_id, address), args=[JOIN_FAILURE_WINDOW_SECONDS])
+        await asyncio.gather(
+            *(self._count(key, JOIN_FAILURE_WINDOW_SECONDS) for key in self._join_keys(user_id, address))
+        )

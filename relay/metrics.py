@@ -41,6 +41,16 @@ REDIS_ERRORS = Counter(
 )
 REDIS_RECONNECTS = Counter("relay_redis_reconnects_total", "Pub/sub links re-established after a loss")
 REDIS_UP = Gauge("relay_redis_up", "1 while the pub/sub link to Redis is up", multiprocess_mode="min")
+# Redis Cluster: the label is a primary's address from the slot map (a handful, never user input).
+REDIS_SHARD_UP = Gauge(
+    "relay_redis_shard_up",
+    "1 while the pub/sub link to this cluster shard is up",
+    ["shard"],
+    multiprocess_mode="min",
+)
+REDIS_SHARD_ERRORS = Counter(
+    "relay_redis_shard_errors_total", "Script calls to this cluster shard that failed to reach it", ["shard"]
+)
 SLOW_CONSUMERS = Counter("relay_slow_consumers_dropped_total", "Sockets closed for not reading")
 REFUSALS = Counter(
     "relay_refusals_total", "Requests, handshakes and frames refused, by error code", ["reason"]

@@ -13,7 +13,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import redis.asyncio as aioredis
@@ -51,6 +51,9 @@ from relay.protocol import (
     room_closed_event,
 )
 from relay.redis_errors import redis_unavailable_is_503
+
+if TYPE_CHECKING:
+    from relay.cluster import ShardedScripts
 
 logger = logging.getLogger("relay.rooms")
 
@@ -197,13 +200,18 @@ def _missed(flat: list[Any]) -> Missed:
 class Rooms:
     """The room store. Methods raise RelayError subclasses that the HTTP and WebSocket layers map."""
 
-    def __init__(self, redis_client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis_client: aioredis.Redis, settings: Settings, *, cluster: ShardedScripts | None = None
+    ) -> None:
+        """`cluster`: the scripts run on the primary of each room's slot and publish with SPUBLISH;
+        `redis_client` then only names the scripts."""
         self._redis = redis_client
         self._settings = settings
+        self._cluster = cluster
+        self._pipeline: ScriptPipeline | ShardedScripts = cluster or ScriptPipeline(redis_client)
 
-        self._pipeline = ScriptPipeline(redis_client)
-
-        prelude = _lua("prelude")
+        publish = "SPUBLISH" if cluster is not None else "PUBLISH"
+        prelude = f"local PUBLISH = '{publish}'\n" + _lua("prelude")
 
         def script(name: str) -> AsyncScript:
             return redis_client.register_script(prelude + _lua(name))
@@ -435,7 +443,25 @@ class Rooms:
 
     @redis_unavailable_is_503
     async def ping(self) -> None:
-        await self._redis.ping()
+        if self._cluster is None:
+            await self._redis.ping()
+            return
+        down = {address: problem for address, problem in (await self._cluster.ping()).items() if problem}
+        if down:
+            raise Unavailable("Redis Cluster shards do not answer: " + ", ".join(sorted(down)))
+
+    @property
+    def scripts(self) -> ScriptPipeline | ShardedScripts:
+        """The writer that runs script calls (for the quotas, so they batch with the room scripts)."""
+        return self._pipeline
+
+    def shard_address(self, code: str) -> str | None:
+        """In a cluster: the primary that serves the room, as far as this replica knows."""
+        return None if self._cluster is None else self._cluster.shard_address(RoomKeys.of(code).room)
+
+    async def shard_health(self) -> dict[str, str | None] | None:
+        """In a cluster: each primary, None when it answers, else the problem. None for one Redis."""
+        return None if self._cluster is None else await self._cluster.ping()
 
     async def aclose(self) -> None:
         await self._pipeline.aclose()

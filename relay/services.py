@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.auth import Authenticator
-from relay.bus import Bus
+from relay.bus import PubSubBus
 from relay.config import Settings
 from relay.hub import Hub
 from relay.limits import Quotas
@@ -18,7 +18,7 @@ class Services:
     auth: Authenticator
     rooms: Rooms
     quotas: Quotas
-    bus: Bus
+    bus: PubSubBus
     hub: Hub
     replica_id: str
     is_draining: bool = False

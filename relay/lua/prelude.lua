@@ -1,6 +1,8 @@
 -- Prepended to every script of this directory (rooms.py loads them): the helpers they share.
 -- KEYS, the same for every script (keys.RoomKeys.all): [1] room, [2] members, [3] cursors, [4] presence,
 -- [5] events, [6] acks, [7] removed.
+-- PUBLISH, the publish command, is defined in front of this file by rooms.py: 'PUBLISH' for one Redis,
+-- 'SPUBLISH' on a Redis Cluster (sharded pub/sub, delivered by the room's shard only).
 local function touch(ttl)
   for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
 end
@@ -23,7 +25,7 @@ local function sweep(now, channel, left_head, left_tail)
   for _, entry in ipairs(expired) do gone[user_of(entry)] = true end
   for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do gone[user_of(entry)] = nil end
   for uid, _ in pairs(gone) do
-    redis.call('PUBLISH', channel, left_head .. cjson.encode(uid) .. left_tail)
+    redis.call(PUBLISH, channel, left_head .. cjson.encode(uid) .. left_tail)
   end
 end
 -- Keep a durable event numbered `seq` in the stream and publish it. ARGV[first..first+6] are
@@ -34,7 +36,7 @@ local function record_sequenced(seq, first, channel, maxlen)
   local frame = ARGV[first + 5] .. seq .. ARGV[first + 6]
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*',
     'seq', seq, 'origin', origin, 'msg', msg, 'frame', frame, 'kind', kind)
-  redis.call('PUBLISH', channel, ARGV[first + 3] .. seq .. ARGV[first + 4] .. frame)
+  redis.call(PUBLISH, channel, ARGV[first + 3] .. seq .. ARGV[first + 4] .. frame)
 end
 -- Durable events after `after`, oldest first, as {seq, origin, msg, frame, kind, ...} (kind '' for an
 -- entry written before entries recorded it);

@@ -16,7 +16,7 @@ if not redis.call('ZSCORE', KEYS[4], ARGV[1]) then
 end
 local was_present = user_present(ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-if not was_present then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+if not was_present then redis.call(PUBLISH, ARGV[5], ARGV[6]) end
 touch(ARGV[7])
 if was_present then return 0 end
 return 1

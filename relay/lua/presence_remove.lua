@@ -2,7 +2,7 @@
 local removed = redis.call('ZREM', KEYS[4], ARGV[1])
 sweep(ARGV[2], ARGV[4], ARGV[6], ARGV[7])
 if removed == 1 and not user_present(ARGV[3]) then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call(PUBLISH, ARGV[4], ARGV[5])
   redis.call('HDEL', KEYS[3], ARGV[3])
   return 1
 end

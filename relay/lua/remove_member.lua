@@ -9,6 +9,6 @@ redis.call('HDEL', KEYS[6], ARGV[1])
 for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
   if user_of(entry) == ARGV[1] then redis.call('ZREM', KEYS[4], entry) end
 end
-redis.call('PUBLISH', ARGV[3], ARGV[2])
+redis.call(PUBLISH, ARGV[3], ARGV[2])
 touch(ARGV[4])
 return 'ok'
