@@ -92,7 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="environment for started relay replicas (repeatable); RELAY_MAX_MEMBERS defaults to --members",
+        help=(
+            "environment for started relay replicas (repeatable); "
+            "RELAY_MAX_MEMBERS and RELAY_MAX_CANDIDATES follow --members"
+        ),
     )
     measure.add_argument("--redis-server", default="redis-server", help="redis-server binary")
     measure.add_argument(

@@ -50,6 +50,8 @@ class Servers:
                 env["RELAY_DEV_MODE"] = "true"
                 # The workload decides the room size; relay's default member limit (10) must not.
                 env.setdefault("RELAY_MAX_MEMBERS", str(max(10, self.args.members)))
+                # Every member but the room's creator joins as a candidate.
+                env.setdefault("RELAY_MAX_CANDIDATES", str(max(1, self.args.members - 1)))
                 env.update(item.split("=", 1) for item in self.args.relay_env)
                 argv = [
                     *shlex.split(self.args.relay_cmd),

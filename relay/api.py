@@ -1,4 +1,8 @@
-"""The REST endpoints under /api, with the response shapes of the product relay replaces."""
+"""The REST endpoints under /api, with the response shapes of the product relay replaces.
+
+Answers carry relay's own fields plus, as additions, the fields the old backend's frontend reads
+(`room_info`, `interviewer`, `candidate`, `status`, `editor_content`; `detail` on errors).
+"""
 
 from __future__ import annotations
 
@@ -130,6 +134,9 @@ async def join_room(request: Request) -> Response:
         raise
     if is_new:
         logger.info("user %s joined room %s as %s", identity.user_id, code, member.role)
+    snapshot = await services.rooms.snapshot(code, None)
+    room_info = snapshot.room_info()
+    del room_info["status"]  # the old backend's join answer had no status
     return JSONResponse(
         {
             "status": "success",
@@ -137,6 +144,7 @@ async def join_room(request: Request) -> Response:
             "room_code": code,
             "role": member.role,
             "ws_path": f"/ws/{code}",
+            "room_info": room_info,
         }
     )
 
@@ -145,10 +153,21 @@ async def get_room(request: Request) -> Response:
     services = _services(request)
     identity = await _identity(request)
     code = normalize_code(request.path_params["code"])
-    info = await services.rooms.info(code)
+    snapshot = await services.rooms.snapshot(code, None)
+    info = snapshot.info
     if all(member.user_id != identity.user_id for member in info.members):
         raise Forbidden(f"only members of room {code} may see it: join it first (POST /api/join-room)")
-    return JSONResponse({"status": "success", **info.as_dict()})
+    # `status` is the room's state in the old backend's words (the frontend compares it with
+    # "waiting_for_candidate"); relay's own view of it is `room_status`, and success is the HTTP 200.
+    return JSONResponse(
+        {
+            "status": info.legacy_status,
+            **info.as_dict(),
+            "interviewer": info.interviewer,
+            "candidate": info.candidate,
+            "editor_content": snapshot.content,
+        }
+    )
 
 
 async def delete_room(request: Request) -> Response:

@@ -295,11 +295,13 @@ async def _relay_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    # The path is not echoed: it may hold whatever a client put there, tokens included.
+    message = exc.detail if exc.status_code != 404 else "no such endpoint: see README for the API"
     body: dict[str, Any] = {
         "status": "error",
         "code": codes.get(exc.status_code, "http_error"),
-        # The path is not echoed: it may hold whatever a client put there, tokens included.
-        "message": exc.detail if exc.status_code != 404 else "no such endpoint: see README for the API",
+        "message": message,
+        "detail": message,
     }
     return api.JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

@@ -27,6 +27,10 @@ DEV_INTERVIEWER_CLAIM = "app_metadata.role=interviewer"
 # HS256 secrets shorter than this are brute-forceable offline from a single captured token.
 MIN_HS256_SECRET_BYTES = 32
 
+# The longest RELAY_TOKEN_GRACE allowed: a socket outliving its token by more than a working day is
+# not "an interview that outlasted a one-hour token" any more.
+MAX_TOKEN_GRACE_SECONDS = 12 * 3600
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
@@ -148,9 +152,16 @@ class Settings:
     max_connections_per_user: int = 5
     max_connections_per_room: int = 50
     max_members: int = 10
+    # Candidates per room; interviewers are not counted (a panel of several stays possible).
+    max_candidates: int = 1
+    # The document a new room starts with ("" for an empty editor).
+    welcome_text: str = ""
     create_limit: int = 20
     join_failure_limit: int = 20
     token_expiry_warning: int = 60
+    # Seconds a socket may stay open past its token's expiry, for frontends that cannot send
+    # refresh_token (0: closed with 4401 at expiry). Removal and room close still end it at once.
+    token_grace: int = 0
     send_queue_frames: int = 256
     max_frame_bytes: int = 256 * 1024
     max_document_bytes: int = 200 * 1024
@@ -238,10 +249,15 @@ class Settings:
                 "RELAY_MAX_CONNECTIONS_PER_ROOM", cls.max_connections_per_room, minimum=1
             ),
             max_members=reader.integer("RELAY_MAX_MEMBERS", cls.max_members, minimum=2),
+            max_candidates=reader.integer("RELAY_MAX_CANDIDATES", cls.max_candidates, minimum=1),
+            welcome_text=reader.multiline("RELAY_WELCOME_TEXT"),
             create_limit=reader.integer("RELAY_CREATE_LIMIT", cls.create_limit, minimum=1),
             join_failure_limit=reader.integer("RELAY_JOIN_FAILURE_LIMIT", cls.join_failure_limit, minimum=1),
             token_expiry_warning=reader.integer(
                 "RELAY_TOKEN_EXPIRY_WARNING", cls.token_expiry_warning, minimum=0
+            ),
+            token_grace=reader.integer(
+                "RELAY_TOKEN_GRACE", cls.token_grace, minimum=0, maximum=MAX_TOKEN_GRACE_SECONDS
             ),
             send_queue_frames=reader.integer("RELAY_SEND_QUEUE", cls.send_queue_frames, minimum=1),
             max_frame_bytes=reader.integer("RELAY_MAX_FRAME_BYTES", cls.max_frame_bytes, minimum=1024),
@@ -282,6 +298,15 @@ class Settings:
                 f"RELAY_MAX_DOCUMENT_BYTES ({self.max_document_bytes}) must be smaller than "
                 f"RELAY_MAX_FRAME_BYTES ({self.max_frame_bytes}): an editor_update carries the document"
             )
+        try:
+            welcome_bytes = len(self.welcome_text.encode())
+        except UnicodeEncodeError:
+            raise ConfigError("RELAY_WELCOME_TEXT must be valid UTF-8 text") from None
+        if welcome_bytes > self.max_document_bytes:
+            raise ConfigError(
+                f"RELAY_WELCOME_TEXT is {welcome_bytes} bytes; it becomes the document of every new room, "
+                f"which may hold at most RELAY_MAX_DOCUMENT_BYTES ({self.max_document_bytes})"
+            )
         if self.create_requires_interviewer and self.interviewer_claim is None:
             raise ConfigError(
                 "RELAY_CREATE_REQUIRES_INTERVIEWER=true needs RELAY_INTERVIEWER_CLAIM "
@@ -307,6 +332,13 @@ class _Reader:
         if value is None or value.strip() == "":
             return None
         return value.strip()
+
+    def multiline(self, name: str) -> str:
+        """Text kept as written (no stripping), with `\\n` read as a line break: env files hold one line."""
+        value = self._env.get(name)
+        if value is None:
+            return ""
+        return value.replace("\\n", "\n")
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self._env.get(name)

@@ -1,8 +1,10 @@
 """The error tree: every refusal relay makes, with its HTTP status and WebSocket close code.
 
-A handler raises one of these; the HTTP layer turns it into `{"status": "error", "code", "message"}`
-with `http_status`, the WebSocket layer into an `error` frame or a close with `close_code`. Close codes
-in 4000-4999 are relay's own and mirror the HTTP status (4401 ~ 401) so a client can treat both alike.
+A handler raises one of these; the HTTP layer turns it into `{"status": "error", "code", "message",
+"detail"}` with `http_status` (`detail` repeats `message` for the frontend written against the old
+backend, which shows an error body's `detail`), the WebSocket layer into an `error` frame or a close
+with `close_code`. Close codes in 4000-4999 are relay's own and mirror the HTTP status (4401 ~ 401)
+so a client can treat both alike.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class RelayError(Exception):
         self.message = message
 
     def as_dict(self) -> dict[str, object]:
-        return {"status": "error", "code": self.code, "message": self.message}
+        return {"status": "error", "code": self.code, "message": self.message, "detail": self.message}
 
 
 class BadRequest(RelayError):
@@ -97,6 +99,12 @@ class RoomFull(RelayError):
     code = "room_full"
     http_status = 409
     close_code = 4409
+
+
+class CandidateTaken(RoomFull):
+    """The room already has its RELAY_MAX_CANDIDATES candidates; interviewers may still join."""
+
+    code = "candidate_taken"
 
 
 class MemberRemoved(Forbidden):

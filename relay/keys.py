@@ -3,7 +3,7 @@
 Every key of a room carries the code in a hash tag, so one room lives in one Redis Cluster slot:
 
     relay:{CODE}:room       hash    status, created_at, created_by, seq, content, title, language, ...
-    relay:{CODE}:members    hash    user_id -> {"role", "name", "joined_at"} (JSON)
+    relay:{CODE}:members    hash    user_id -> {"role", "name", "joined_at", "email"} (JSON)
     relay:{CODE}:cursors    hash    user_id -> latest cursor_position (JSON)
     relay:{CODE}:presence   zset    "user_id<TAB>connection_id" scored by expiry (ms since epoch)
     relay:{CODE}:events     stream  recent durable events: seq, origin, msg, frame, kind

@@ -179,8 +179,10 @@ def room_state_frame(
     replayed: int | None = None,
     content: str | None = None,
     reason: str | None = None,
+    room_info: dict[str, Any] | None = None,
 ) -> bytes:
-    """The first frame of a socket: `replayed` events follow it (a resume), or it carries `content`."""
+    """The first frame of a socket: `replayed` events follow it (a resume), or it carries `content`
+    (and `room_info`, the old frontend's room object, as an addition)."""
     frame: dict[str, Any] = {
         "type": "room_state",
         "room_code": room_code,
@@ -195,6 +197,8 @@ def room_state_frame(
         frame.update(resumed=False, content=content)
         if reason is not None:
             frame["reason"] = reason
+        if room_info is not None:
+            frame["room_info"] = room_info
     return _encode(frame)
 
 
@@ -259,11 +263,13 @@ def reconnect_frame(reason: str) -> bytes:
     return _encode({"type": "reconnect", "reason": reason})
 
 
-def token_expiring_frame(expires_at: int) -> bytes:
+def token_expiring_frame(expires_at: int, closes_at: int) -> bytes:
+    """`closes_at` is `expires_at` plus RELAY_TOKEN_GRACE: when the socket is closed unless refreshed."""
     return _encode(
         {
             "type": "token_expiring",
             "expires_at": expires_at,
+            "closes_at": closes_at,
             "message": 'send {"type": "refresh_token", "token": ...} to stay connected',
         }
     )

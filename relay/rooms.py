@@ -22,6 +22,7 @@ from redis.commands.core import AsyncScript
 from relay.auth import Identity
 from relay.config import Settings
 from relay.errors import (
+    CandidateTaken,
     MemberNotFound,
     MemberRemoved,
     NotMember,
@@ -70,14 +71,30 @@ class Member:
     role: str
     name: str
     joined_at: int
+    # From the member's token; shown only to the room's members (in the compatibility fields).
+    email: str | None = None
 
     @classmethod
     def load(cls, user_id: str, raw: bytes | str) -> Member:
         data = orjson.loads(raw)
-        return cls(user_id, str(data["role"]), str(data["name"]), int(data["joined_at"]))
+        email = data.get("email")
+        return cls(
+            user_id,
+            str(data["role"]),
+            str(data["name"]),
+            int(data["joined_at"]),
+            email if isinstance(email, str) else None,
+        )
 
     def dump(self) -> bytes:
-        return orjson.dumps({"role": self.role, "name": self.name, "joined_at": self.joined_at})
+        data: dict[str, Any] = {"role": self.role, "name": self.name, "joined_at": self.joined_at}
+        if self.email is not None:
+            data["email"] = self.email
+        return orjson.dumps(data)
+
+    def person(self) -> dict[str, Any]:
+        """The old backend's shape of a participant: `{id, name, email}`."""
+        return {"id": self.user_id, "name": self.name, "email": self.email}
 
     def as_dict(self, *, connected: bool) -> dict[str, Any]:
         return {
@@ -113,6 +130,31 @@ class RoomInfo:
             "members": [m.as_dict(connected=m.user_id in self.connected) for m in self.members],
         }
 
+    # --- the old backend's shape, for the frontend written against it (additions to relay's fields) ---
+
+    @property
+    def interviewer(self) -> dict[str, Any]:
+        """The creator while a member, else the longest-standing interviewer (never None: the old
+        frontend renders `interviewer.name` without a guard)."""
+        interviewers = [m for m in self.members if m.role == INTERVIEWER]
+        creator = next((m for m in interviewers if m.user_id == self.created_by), None)
+        chosen = creator or (interviewers[0] if interviewers else None)
+        if chosen is None:
+            return {"id": self.created_by, "name": "", "email": None}
+        return chosen.person()
+
+    @property
+    def candidate(self) -> dict[str, Any] | None:
+        """The first candidate to join, or None (the old backend had at most one)."""
+        return next((m.person() for m in self.members if m.role == CANDIDATE), None)
+
+    @property
+    def legacy_status(self) -> str:
+        """`room_status` mapped onto the old backend's room states."""
+        if self.status != "open":
+            return "closed"
+        return "active" if self.candidate is not None else "waiting_for_candidate"
+
 
 class Resume(enum.Enum):
     """What the history can say about the events after a client's last_seq."""
@@ -143,6 +185,15 @@ class Snapshot:
     content: str
     cursors: dict[str, Any]
     missed: Missed
+
+    def room_info(self) -> dict[str, Any]:
+        """The old backend's `room_info` object (room_state frames, join answers)."""
+        return {
+            "interviewer": self.info.interviewer,
+            "candidate": self.info.candidate,
+            "status": self.info.legacy_status,
+            "editor_content": self.content,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,13 +285,21 @@ class Rooms:
     @redis_unavailable_is_503
     async def create(self, identity: Identity, *, title: str = "", language: str = "") -> RoomInfo:
         now = now_ms()
-        member = Member(identity.user_id, INTERVIEWER, identity.user_name, now)
+        member = Member(identity.user_id, INTERVIEWER, identity.user_name, now, identity.email)
         for _ in range(CREATE_ATTEMPTS):
             code = new_code()
             created = await self._run(
                 self._create,
                 keys=RoomKeys.of(code).all,
-                args=[identity.user_id, member.dump(), now, self._settings.room_ttl, title, language],
+                args=[
+                    identity.user_id,
+                    member.dump(),
+                    now,
+                    self._settings.room_ttl,
+                    title,
+                    language,
+                    self._settings.welcome_text,
+                ],
             )
             if created:
                 return RoomInfo(code, "open", now, identity.user_id, 0, title, language, [member], set())
@@ -250,11 +309,18 @@ class Rooms:
     async def join(self, code: str, identity: Identity) -> tuple[Member, bool]:
         """The caller's membership and whether it is new. Joining twice keeps the first role."""
         role = INTERVIEWER if identity.is_interviewer else CANDIDATE
-        member = Member(identity.user_id, role, identity.user_name, now_ms())
+        member = Member(identity.user_id, role, identity.user_name, now_ms(), identity.email)
         result = await self._run(
             self._join,
             keys=RoomKeys.of(code).all,
-            args=[identity.user_id, member.dump(), self._settings.room_ttl, self._settings.max_members],
+            args=[
+                identity.user_id,
+                member.dump(),
+                self._settings.room_ttl,
+                self._settings.max_members,
+                role,
+                self._settings.max_candidates,
+            ],
         )
         outcome = _text(result[0])
         self._raise_for(outcome, code)
@@ -509,3 +575,8 @@ class Rooms:
             raise MemberRemoved(f"an interviewer removed you from room {code}")
         if outcome == "full":
             raise RoomFull(f"room {code} is full: it has the most members allowed (RELAY_MAX_MEMBERS)")
+        if outcome == "candidate_taken":
+            raise CandidateTaken(
+                f"Room already has a candidate: room {code} has the most candidates allowed "
+                "(RELAY_MAX_CANDIDATES); interviewers may still join"
+            )

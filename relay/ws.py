@@ -27,6 +27,7 @@ from relay.errors import (
     BadRequest,
     InternalError,
     MemberRemoved,
+    OriginNotAllowed,
     RateLimited,
     RelayError,
     RoomClosed,
@@ -80,12 +81,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         logger.warning("websocket refused: origin %r not allowed", websocket.headers.get("origin"))
         await websocket.send_denial_response(
             JSONResponse(
-                {
-                    "status": "error",
-                    "code": "origin_not_allowed",
-                    "message": "this Origin may not open relay WebSockets (see RELAY_ALLOWED_ORIGINS)",
-                },
-                status_code=403,
+                OriginNotAllowed(
+                    "this Origin may not open relay WebSockets (see RELAY_ALLOWED_ORIGINS)"
+                ).as_dict(),
+                status_code=OriginNotAllowed.http_status,
             )
         )
         return
@@ -182,6 +181,7 @@ def _room_state(
         replayed=replayed,
         content=None if replayed is not None else snapshot.content,
         reason=reason,
+        room_info=None if replayed is not None else snapshot.room_info(),
     ).decode()
 
 
@@ -212,7 +212,8 @@ async def _send_initial_state(websocket: WebSocket, connection: Connection, snap
 
 async def _serve(websocket: WebSocket, services: Services, connection: Connection) -> None:
     """Run reader and writer until one ends or the connection is kicked; the token watch is two timers."""
-    watch = _TokenWatch(services.settings.token_expiry_warning, connection)
+    settings = services.settings
+    watch = _TokenWatch(settings.token_expiry_warning, settings.token_grace, connection)
     tasks: set[asyncio.Future[None]] = {
         asyncio.create_task(_read(websocket, services, connection, watch), name=f"ws-read-{connection.id}"),
         asyncio.create_task(_write(websocket, services, connection), name=f"ws-write-{connection.id}"),
@@ -344,10 +345,15 @@ class _FloodWatch:
 
 
 class _TokenWatch:
-    """Warns before the socket's token expires and kicks it at expiry: two timers, rescheduled on refresh."""
+    """Warns before the socket's token expires and kicks it at expiry: two timers, rescheduled on refresh.
 
-    def __init__(self, warning_seconds: int, connection: Connection) -> None:
+    With a grace (RELAY_TOKEN_GRACE, for frontends that cannot refresh) the kick comes that long after
+    the token's expiry, and the warning that long later too.
+    """
+
+    def __init__(self, warning_seconds: int, grace_seconds: int, connection: Connection) -> None:
         self._warning = warning_seconds
+        self._grace = grace_seconds
         self._connection = connection
         self._loop = asyncio.get_running_loop()
         self._timers: list[asyncio.TimerHandle] = []
@@ -356,10 +362,11 @@ class _TokenWatch:
     def schedule(self) -> None:
         self.cancel()
         expires_at = self._connection.identity.expires_at
-        # loop time and wall time differ by a constant: convert the token's wall-clock expiry once
-        at = self._loop.time() + (expires_at - time.time())
+        closes_at = expires_at + self._grace
+        # loop time and wall time differ by a constant: convert the wall-clock close time once
+        at = self._loop.time() + (closes_at - time.time())
         self._timers = [
-            self._loop.call_at(at - self._warning, self._warn, expires_at),
+            self._loop.call_at(at - self._warning, self._warn, expires_at, closes_at),
             self._loop.call_at(at, self._expire),
         ]
 
@@ -368,8 +375,8 @@ class _TokenWatch:
             timer.cancel()
         self._timers = []
 
-    def _warn(self, expires_at: float) -> None:
-        frame = token_expiring_frame(int(expires_at))
+    def _warn(self, expires_at: float, closes_at: float) -> None:
+        frame = token_expiring_frame(int(expires_at), int(closes_at))
         self._connection.offer(Delivery(seq=0, text=frame.decode()))
 
     def _expire(self) -> None:

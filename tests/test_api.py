@@ -128,6 +128,94 @@ def test_get_room_is_for_members_only(replica: Replica) -> None:
     )
 
 
+def test_get_room_carries_the_old_backends_fields_for_members(replica: Replica) -> None:
+    """interviewer / candidate / status / editor_content, as additions; emails come from the tokens."""
+    code = create_room(replica.http, token("ann", name="Ann"))
+    url = f"{replica.http}/api/room/{code}"
+    waiting = httpx.get(url, headers=auth(token("ann", name="Ann")), timeout=10).json()
+    assert waiting["status"] == "waiting_for_candidate" and waiting["room_status"] == "open"
+    assert waiting["interviewer"] == {"id": "ann", "name": "Ann", "email": "ann@example.test"}
+    assert waiting["candidate"] is None and waiting["editor_content"] == ""
+    post(replica, "/api/join-room", token("cid", name="Cid"), json={"room_code": code})
+    active = httpx.get(url, headers=auth(token("cid", name="Cid")), timeout=10).json()
+    assert active["status"] == "active"
+    assert active["candidate"] == {"id": "cid", "name": "Cid", "email": "cid@example.test"}
+    # relay's own fields stay
+    assert active["room_code"] == code and [m["user_id"] for m in active["members"]] == ["ann", "cid"]
+    # emails are for the room's members only
+    outsider = httpx.get(url, headers=auth(token("eve")), timeout=10)
+    assert outsider.status_code == 403 and "example.test" not in outsider.text
+    httpx.delete(url, headers=auth(token("ann")), timeout=10)
+    assert httpx.get(url, headers=auth(token("ann")), timeout=10).json()["status"] == "closed"
+
+
+def test_join_answers_room_info(replica: Replica) -> None:
+    code = create_room(replica.http, token("ann", name="Ann"))
+    body = post(replica, "/api/join-room", token("cid", name="Cid"), json={"room_code": code}).json()
+    assert body["role"] == "candidate" and body["room_code"] == code
+    assert body["room_info"] == {
+        "interviewer": {"id": "ann", "name": "Ann", "email": "ann@example.test"},
+        "candidate": {"id": "cid", "name": "Cid", "email": "cid@example.test"},
+        "editor_content": "",
+    }
+
+
+def test_one_candidate_per_room_interviewers_may_still_join(replica: Replica) -> None:
+    """A second candidate gets 409 candidate_taken with a `detail`; a panel of interviewers stays possible."""
+    code = create_room(replica.http, token("ann"))
+    assert post(replica, "/api/join-room", token("cid"), json={"room_code": code}).status_code == 200
+    second = post(replica, "/api/join-room", token("dan"), json={"room_code": code})
+    assert second.status_code == 409
+    body = second.json()
+    assert body["code"] == "candidate_taken" and body["detail"] == body["message"]
+    assert body["detail"].startswith("Room already has a candidate")
+    # the candidate joining again is still harmless, and a colleague with the claim joins as interviewer
+    assert post(replica, "/api/join-room", token("cid"), json={"room_code": code}).status_code == 200
+    colleague = token("ivy", app_metadata={"role": "interviewer"})
+    assert (
+        post(replica, "/api/join-room", colleague, json={"room_code": code}).json()["role"] == "interviewer"
+    )
+    # removing the candidate frees the seat
+    removed = httpx.delete(
+        f"{replica.http}/api/room/{code}/members/cid", headers=auth(token("ann")), timeout=10
+    )
+    assert removed.status_code == 200
+    assert (
+        post(replica, "/api/join-room", token("dan"), json={"room_code": code}).json()["role"] == "candidate"
+    )
+
+
+def test_every_error_body_carries_detail(replica: Replica) -> None:
+    """The old frontend shows an error body's `detail`: every refusal has it, equal to `message`."""
+    code = create_room(replica.http, token("ann"))
+    answers = [
+        post(replica, "/api/create-room", None, json={}),
+        post(replica, "/api/join-room", token("cid"), json={"room_code": "ZZZZZZ"}),
+        post(replica, "/api/join-room", token("cid"), content=b"{nope"),
+        httpx.get(f"{replica.http}/api/room/{code}", headers=auth(token("eve")), timeout=10),
+        httpx.get(f"{replica.http}/api/nope", timeout=10),
+        httpx.put(f"{replica.http}/api/create-room", timeout=10),
+    ]
+    for response in answers:
+        body = response.json()
+        assert response.status_code >= 400 and body["status"] == "error", body
+        assert isinstance(body["detail"], str) and body["detail"] and body["detail"] == body["message"]
+
+
+def test_new_rooms_start_with_the_welcome_text(redis_server: RedisServer) -> None:
+    """RELAY_WELCOME_TEXT (with \\n for line breaks) is the document of every new room."""
+    welcome = Replica(
+        {"REDIS_URL": redis_server.url, "RELAY_WELCOME_TEXT": "# Welcome!\\n# Write your code below."},
+        name="welcome",
+    ).start()
+    try:
+        code = create_room(welcome.http, token("ann"))
+        body = httpx.get(f"{welcome.http}/api/room/{code}", headers=auth(token("ann")), timeout=10).json()
+        assert body["editor_content"] == "# Welcome!\n# Write your code below."
+    finally:
+        welcome.stop()
+
+
 def test_delete_room_is_for_interviewers(replica: Replica) -> None:
     code = create_room(replica.http, token("ann"))
     post(replica, "/api/join-room", token("cid"), json={"room_code": code})

@@ -45,6 +45,9 @@ COLUMNS = {
 
 REFUSED = {**{column: "401 unauthorized" for column in COLUMNS}, "ws": "close 4401"}
 
+# Tokens with this under app_metadata join rooms as interviewers (RELAY_INTERVIEWER_CLAIM below).
+INTERVIEWER_CLAIM = {"role": "interviewer"}
+
 # The matrix replicas run with small limits, so that a row can reach each one in a few requests.
 LIMITS = {
     "RELAY_MAX_MEMBERS": 3,
@@ -110,9 +113,19 @@ class Cell:
     candidate: str = field(default_factory=lambda: _fresh("cand"))
     address: str = field(default_factory=_address)
     held: list[Client] = field(default_factory=list)  # sockets kept open while the cell runs
+    colleagues: set[str] = field(default_factory=set)  # users whose tokens carry the interviewer claim
 
     def token(self, user: str) -> str:
+        if user in self.colleagues:
+            claims = self.keys.claims(user, app_metadata=INTERVIEWER_CLAIM)
+            return self.keys.sign(self.kind, claims)
         return self.keys.valid(self.kind, user)
+
+    def colleague(self) -> str:
+        """A new user whose token carries the interviewer claim (joins as an interviewer)."""
+        user = _fresh("colleague")
+        self.colleagues.add(user)
+        return user
 
     def headers(self, bearer: str | None, address: str | None = None) -> dict[str, str]:
         headers = {"X-Forwarded-For": address or self.address}
@@ -263,9 +276,14 @@ def _removed(cell: Cell) -> tuple[str, str]:
     return cell.candidate, cell.code
 
 
+def _colleague(cell: Cell) -> tuple[str, str]:
+    return cell.colleague(), cell.code
+
+
 def _room_full(cell: Cell) -> tuple[str, str]:
+    # Interviewers fill the room: it already has its one candidate.
     for _ in range(LIMITS["RELAY_MAX_MEMBERS"] - 2):
-        assert cell.join(_fresh("filler")).status_code == 200
+        assert cell.join(cell.colleague()).status_code == 200
     return _stranger(cell)
 
 
@@ -300,7 +318,7 @@ def _room_connections_used_up(cell: Cell) -> tuple[str, str]:
     cell.hold(cell.interviewer)
     cell.hold(cell.candidate)
     assert LIMITS["RELAY_MAX_CONNECTIONS_PER_ROOM"] == 2
-    member = _fresh("member")
+    member = cell.colleague()
     assert cell.join(member).status_code == 200
     return member, cell.code
 
@@ -373,13 +391,26 @@ ROWS: list[Row] = [
         "valid token, not a member (a fresh user per cell)",
         {
             "create": "200",
-            "join": "200 candidate",
+            "join": "409 candidate_taken",
             "get": "403 forbidden",
             "delete": "403 not_member",
             "remove": "403 not_member",
             "ws": "close 4403",
         },
         prepare=_stranger,
+    ),
+    Row(
+        "colleague",
+        "valid token with the interviewer claim, not a member",
+        {
+            "create": "200",
+            "join": "200 interviewer",
+            "get": "403 forbidden",
+            "delete": "403 not_member",
+            "remove": "403 not_member",
+            "ws": "close 4403",
+        },
+        prepare=_colleague,
     ),
     Row(
         "candidate",
@@ -513,13 +544,13 @@ ROWS: list[Row] = [
     ),
     Row(
         "room_connections_used_up",
-        "a member, room holding `RELAY_MAX_CONNECTIONS_PER_ROOM` (2) sockets",
+        "an interviewer, room holding `RELAY_MAX_CONNECTIONS_PER_ROOM` (2) sockets",
         {
             "create": "200",
-            "join": "200 candidate",
+            "join": "200 interviewer",
             "get": "200 open",
-            "delete": "403 forbidden",
-            "remove": "403 forbidden",
+            "delete": "200",
+            "remove": "200",
             "ws": "close 4429",
         },
         prepare=_room_connections_used_up,
@@ -550,7 +581,11 @@ def _http(cell: Cell, column: str, code: str, bearer: str | None) -> str:
         if response.status_code == 429:
             assert int(response.headers["Retry-After"]) > 0
         return f"{response.status_code} {body['code']}"
-    assert body["status"] == "success", body
+    if column == "get":
+        # `status` is the room's state in the old backend's words there (README, compatibility fields)
+        assert body["status"] in {"waiting_for_candidate", "active", "closed"}, body
+    else:
+        assert body["status"] == "success", body
     if column == "join":
         return f"200 {body['role']}"
     if column == "get":
@@ -612,6 +647,7 @@ def matrix_replicas(matrix_redis: RedisServer, matrix_keys: Keys) -> Iterator[di
     production = {
         "RELAY_DEV_MODE": "false",
         "REDIS_URL": matrix_redis.url,
+        "RELAY_INTERVIEWER_CLAIM": "app_metadata.role=interviewer",
         **{name: str(value) for name, value in LIMITS.items()},
     }
     started: dict[str, Replica] = {}
@@ -681,9 +717,12 @@ def render_matrix() -> str:
         "  with (an HS256 token from another project fails the signature check instead).",
         "- Supabase API keys are signed as genuinely as each replica accepts (HS256 with the project secret,",
         "  or ES256 with the JWKS key), so what refuses them is their claims, not their signature.",
-        "- A non-member's join succeeds and makes them a candidate: joining by code is how one becomes a",
-        "  member. Guessing codes is what the join-failure limit is for: it counts joins of unknown rooms",
-        "  per user and per client address, and refuses every join (even of a real room) past the limit.",
+        "- Joining by code is how one becomes a member: as a candidate, or as an interviewer with the claim",
+        "  `RELAY_INTERVIEWER_CLAIM` names (`app_metadata.role=interviewer` here). A room takes one candidate",
+        "  (`RELAY_MAX_CANDIDATES`, default 1), so a non-member's join of a room that has its candidate is",
+        "  409 `candidate_taken`, while another interviewer may still join. Guessing codes is what the",
+        "  join-failure limit is for: it counts joins of unknown rooms per user and per client address, and",
+        "  refuses every join (even of a real room) past the limit.",
         "- 429 answers carry `Retry-After`; the test checks it on every 429 cell.",
         "",
     ]

@@ -61,6 +61,7 @@ FUZZ_ENV = {
     "RELAY_CREATE_LIMIT": "1000000",
     "RELAY_REDIS_LINK_TIMEOUT": "600",
     "RELAY_PRESENCE_TTL": "3600",
+    "RELAY_MAX_CANDIDATES": "2",  # ben listens, the fuzzer sends: both joined as candidates
 }
 
 

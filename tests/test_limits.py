@@ -37,6 +37,8 @@ def limited(redis_server: RedisServer) -> Iterator[Replica]:
             "RELAY_MAX_CONNECTIONS_PER_USER": "2",
             "RELAY_MAX_CONNECTIONS_PER_ROOM": "3",
             "RELAY_MAX_MEMBERS": "3",
+            # two candidates, so that one room can reach RELAY_MAX_MEMBERS without interviewer claims
+            "RELAY_MAX_CANDIDATES": "2",
             "RELAY_CREATE_LIMIT": "3",
             "RELAY_TOKEN_EXPIRY_WARNING": "2",
             "RELAY_SEND_QUEUE": "8",
@@ -181,6 +183,55 @@ def test_refreshed_token_keeps_the_socket_and_another_users_token_closes_it(limi
     assert client.recv_type("pong") == {"type": "pong"}
     client.send({"type": "refresh_token", "token": token(unique("someone-else"))})
     assert client.wait_closed()[0] == 4401
+
+
+def test_token_grace_keeps_an_expired_socket_open_but_removal_and_close_still_end_it(
+    redis_server: RedisServer,
+) -> None:
+    """RELAY_TOKEN_GRACE: past its token's expiry a socket stays open until the grace ends (then 4401);
+    removing the member or closing the room ends it at once; an expired token still opens nothing."""
+    graceful = Replica(
+        {
+            "REDIS_URL": redis_server.url,
+            "RELAY_TOKEN_GRACE": "4",
+            "RELAY_TOKEN_EXPIRY_WARNING": "1",
+            "RELAY_MAX_CANDIDATES": "2",
+        },
+        name="grace",
+    ).start()
+    try:
+        owner_id, cand_id, other_id = unique("owner"), unique("cand"), unique("other")
+        code = create_room(graceful.http, token(owner_id))
+        join_room(graceful.http, token(cand_id), code)
+        join_room(graceful.http, token(other_id), code)
+        owner = Client(graceful.ws, code, mint_dev_token(DEV_JWT_SECRET, owner_id, ttl_seconds=2))
+        cand = Client(graceful.ws, code, mint_dev_token(DEV_JWT_SECRET, cand_id, ttl_seconds=2))
+        other = Client(graceful.ws, code, mint_dev_token(DEV_JWT_SECRET, other_id, ttl_seconds=600))
+        for client in (owner, cand, other):
+            client.recv_type("room_state")
+        time.sleep(3)  # past both short tokens' expiry, within the grace
+        for client in (owner, cand):
+            client.send({"type": "ping"})
+            assert client.recv_type("pong") == {"type": "pong"}
+        # removal during the grace closes the socket at once, not at the grace's end
+        removed = httpx.delete(
+            f"{graceful.http}/api/room/{code}/members/{cand_id}", headers=auth(token(owner_id)), timeout=5
+        )
+        assert removed.status_code == 200
+        assert cand.wait_closed(timeout=3)[0] == 4403
+        # the grace ends: warned first (closes_at = expires_at + grace), then 4401
+        warning = owner.recv_type("token_expiring", timeout=10)
+        assert warning["closes_at"] == warning["expires_at"] + 4
+        assert owner.wait_closed(timeout=10)[0] == 4401
+        # an expired token opens no new socket, grace or not
+        expired = mint_dev_token(DEV_JWT_SECRET, other_id, ttl_seconds=-60)
+        assert open_refused(graceful.ws, code, f"?token={expired}")[0] == 4401
+        # closing the room ends the remaining socket at once
+        closed = httpx.delete(f"{graceful.http}/api/room/{code}", headers=auth(token(owner_id)), timeout=5)
+        assert closed.status_code == 200
+        assert other.wait_closed(timeout=5)[0] == 4410
+    finally:
+        graceful.stop()
 
 
 def test_removed_member_is_disconnected_and_cannot_come_back(limited: Replica) -> None:
