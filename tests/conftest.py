@@ -17,6 +17,10 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def two_replicas(redis_server: RedisServer) -> Iterator[list[Replica]]:
-    """Two relay processes (uvicorn) sharing the test redis-server."""
-    with replicas(2, {"REDIS_URL": redis_server.url}) as started:
+    """Two relay processes (uvicorn) sharing the test redis-server.
+
+    Rooms there may hold several candidates (tests of many typists); the one-candidate default is
+    tested in tests/test_api.py and tests/test_frontend_contract.py.
+    """
+    with replicas(2, {"REDIS_URL": redis_server.url, "RELAY_MAX_CANDIDATES": "10"}) as started:
         yield started

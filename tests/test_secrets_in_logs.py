@@ -104,6 +104,7 @@ def session(redis_server: RedisServer) -> Iterator[tuple[Replica, Session]]:
         "RELAY_LOG_LEVEL": "debug",
         "RELAY_ALLOWED_ORIGINS": ALLOWED_ORIGIN,
         "RELAY_TOKEN_EXPIRY_WARNING": "2",
+        "RELAY_MAX_CANDIDATES": "2",  # carl and dave both join as candidates
     }
     try:
         with running(env, "secrets") as replica:
