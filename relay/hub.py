@@ -12,128 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from relay import metrics
-from relay.auth import Identity
 from relay.bus import Disconnected, Message, PubSubBus, Reconnected
-from relay.errors import RelayError, SlowConsumer
 from relay.keys import RoomKeys, code_of_channel
 from relay.protocol import Envelope, now_ms, redis_status_frame
+from relay.session import RESYNC, Connection, DurableEvent, VolatileFrame, item_of
 
 logger = logging.getLogger("relay.hub")
 
 _SENT_DURABLE = metrics.FRAMES_SENT.labels("durable")
 _SENT_VOLATILE = metrics.FRAMES_SENT.labels("volatile")
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One item of a connection's send queue.
-
-    seq > 0 marks a durable event: the writer delivers those in sequence order exactly once, fetching
-    any it missed from history. origin / msg_id let the writer turn the sender's own event into an ack.
-    `text` None with seq > 0 is an ack known before the event came back through Redis.
-    """
-
-    seq: int
-    text: str | None
-    origin: str = ""
-    msg_id: str | None = None
-    closes_room: bool = False
-    removes_user: str | None = None  # deliver, then close this user's sockets
-    resync: bool = False  # "check history for anything missed" after Redis came back
-    sent: asyncio.Future[None] | None = None  # resolved by the writer once the frame is on the socket
-
-    @classmethod
-    def from_envelope(cls, envelope: Envelope) -> Delivery:
-        """What every socket of the room gets for one envelope (live from the bus or from history)."""
-        return cls(
-            seq=envelope.seq,
-            text=envelope.frame.decode(),
-            origin=envelope.origin,
-            msg_id=envelope.msg_id,
-            closes_room=envelope.closes_room,
-            removes_user=envelope.removes_member,
-        )
-
-
-RESYNC = Delivery(seq=0, text=None, resync=True)
-
-
-class SendQueue:
-    """A bounded FIFO with one consumer: a deque and one future.
-
-    asyncio.Queue costs about 3.2 KB per instance (three deques and an Event); with one queue per
-    socket that was a tenth of relay's memory per idle connection.
-    """
-
-    __slots__ = ("_items", "_limit", "_waiter")
-
-    def __init__(self, limit: int) -> None:
-        self._items: deque[Delivery] = deque()
-        self._limit = limit
-        self._waiter: asyncio.Future[None] | None = None
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put_nowait(self, item: Delivery) -> bool:
-        """False when full (the item is not queued)."""
-        if len(self._items) >= self._limit:
-            return False
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        return True
-
-    async def get(self) -> Delivery:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-
-@dataclass(eq=False, slots=True)
-class Connection:
-    """One WebSocket of one user in one room, on this replica."""
-
-    room_code: str
-    identity: Identity
-    role: str
-    queue_size: int
-    id: str = field(default_factory=lambda: secrets.token_hex(8))
-    # The highest sequence number this socket has been sent (or acked).
-    last_seq: int = 0
-    closing: RelayError | None = None
-    queue: SendQueue = field(init=False)
-    # Resolved by kick(): a bare future, not a task waiting on an event (memory per idle socket counts).
-    kicked: asyncio.Future[None] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.queue = SendQueue(self.queue_size)
-        self.kicked = asyncio.get_running_loop().create_future()
-
-    def offer(self, delivery: Delivery) -> None:
-        """Queue without waiting; a full queue means the client stopped reading, so it is dropped."""
-        if self.closing is not None:
-            return
-        if not self.queue.put_nowait(delivery):
-            logger.warning("slow consumer dropped: connection %s in room %s", self.id, self.room_code)
-            metrics.SLOW_CONSUMERS.inc()
-            self.kick(SlowConsumer(f"you fell {self.queue_size} frames behind; reconnect to resume"))
-
-    def kick(self, reason: RelayError) -> None:
-        if self.closing is None:
-            self.closing = reason
-        if not self.kicked.done():
-            self.kicked.set_result(None)
 
 
 class RoomLocks:
@@ -243,17 +134,18 @@ class Hub:
         except ValueError as exc:
             logger.error("dropping a malformed message on %r: %s", message.channel, exc)
             return
-        delivery = Delivery.from_envelope(envelope)
+        item = item_of(envelope)
         if envelope.ts:
             metrics.DELIVERY_LATENCY.observe(max(0, now_ms() - envelope.ts) / 1000)
         sent = 0
         for connection in tuple(connections):
-            # The sender's own socket gets an ack for a durable event, nothing for a volatile one.
-            if delivery.seq == 0 and connection.id == delivery.origin:
+            # The sender's own socket gets an ack for a durable event (its writer's choice), nothing for
+            # a volatile one.
+            if isinstance(item, VolatileFrame) and connection.id == item.origin:
                 continue
-            connection.offer(delivery)
+            connection.offer(item)
             sent += 1
-        (_SENT_DURABLE if delivery.seq else _SENT_VOLATILE).inc(sent)
+        (_SENT_DURABLE if isinstance(item, DurableEvent) else _SENT_VOLATILE).inc(sent)
 
     def broadcast_and_confirm(self, frame: bytes) -> list[asyncio.Future[None]]:
         """Like broadcast, with one future per connection that resolves once its writer sent the frame."""
@@ -262,15 +154,15 @@ class Hub:
         confirmations = []
         for connection in self.connections():
             sent: asyncio.Future[None] = loop.create_future()
-            connection.offer(Delivery(seq=0, text=text, sent=sent))
+            connection.offer(VolatileFrame(text, sent=sent))
             confirmations.append(sent)
         return confirmations
 
     def broadcast(self, frame: bytes, *, rooms: frozenset[str] | None = None) -> None:
         """One volatile frame to every local connection (replica-wide notices), or those of `rooms`."""
-        delivery = Delivery(seq=0, text=frame.decode())
+        item = VolatileFrame(frame.decode())
         for connection in self._connections_of(rooms):
-            connection.offer(delivery)
+            connection.offer(item)
 
     def _connections_of(self, rooms: frozenset[str] | None) -> list[Connection]:
         if rooms is None:

@@ -7,8 +7,8 @@ can read (they cannot read the HTTP status of a failed upgrade). The token comes
 set headers on a WebSocket); relay's log configuration strips it from every log line.
 
 After the handshake the reader parses client frames and writes through the store; only the writer
-sends, draining the connection's bounded queue in order. Durable events are delivered in sequence
-order exactly once: the writer drops what it already sent and fetches from history what it missed.
+sends, draining the connection's bounded queue in order. What to send, skip or fetch from history is
+session.py's rule (`decide`); this module does the I/O.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from relay.errors import (
     Unauthorized,
     Unavailable,
 )
-from relay.hub import Connection, Delivery
 from relay.keys import normalize_code
 from relay.limits import TokenBucket
 from relay.origins import origin_allowed
@@ -57,6 +56,17 @@ from relay.protocol import (
 )
 from relay.rooms import Resume, Snapshot
 from relay.services import Services
+from relay.session import (
+    CatchUp,
+    Connection,
+    DurableEvent,
+    EarlyAck,
+    Resync,
+    Send,
+    VolatileFrame,
+    decide,
+    durable_text,
+)
 
 logger = logging.getLogger("relay.ws")
 
@@ -192,7 +202,7 @@ async def _send_initial_state(websocket: WebSocket, connection: Connection, snap
         await websocket.send_text(_room_state(connection, snapshot, replayed=len(missed.events)))
         connection.last_seq = info.seq - len(missed.events)
         for envelope in missed.events:
-            await _send_durable(websocket, connection, Delivery.from_envelope(envelope))
+            await _send_durable(websocket, connection, DurableEvent.of(envelope))
         return
     reason = None
     if missed.resume is Resume.AHEAD:
@@ -295,18 +305,16 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
             if accepted.was_duplicate and accepted.seq <= connection.last_seq:
                 # Accepted earlier (its ack was lost with an old socket): confirm it again, out of band.
                 ack = ack_frame(accepted.seq, frame.client_msg_id, duplicate=True).decode()
-                connection.offer(Delivery(seq=0, text=ack))
+                connection.offer(VolatileFrame(ack))
             else:
-                connection.offer(
-                    Delivery(seq=accepted.seq, text=None, origin=connection.id, msg_id=frame.client_msg_id)
-                )
+                connection.offer(EarlyAck(accepted.seq, frame.client_msg_id))
         elif isinstance(frame, CursorUpdate):
             try:
                 await rooms.publish_cursor(connection.room_code, connection.identity, frame, connection.id)
             except Unavailable as error:
                 connection.offer(_error(error.code, error.message))
         elif isinstance(frame, Ping):
-            connection.offer(Delivery(seq=0, text=PONG_FRAME.decode()))
+            connection.offer(VolatileFrame(PONG_FRAME.decode()))
         elif isinstance(frame, RefreshToken):
             try:
                 identity = await services.auth.authenticate(frame.token)
@@ -322,7 +330,7 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
             connection.identity = identity
             watch.schedule()
             refreshed = token_refreshed_frame(int(identity.expires_at))
-            connection.offer(Delivery(seq=0, text=refreshed.decode()))
+            connection.offer(VolatileFrame(refreshed.decode()))
 
 
 class _FloodWatch:
@@ -377,7 +385,7 @@ class _TokenWatch:
 
     def _warn(self, expires_at: float, closes_at: float) -> None:
         frame = token_expiring_frame(int(expires_at), int(closes_at))
-        self._connection.offer(Delivery(seq=0, text=frame.decode()))
+        self._connection.offer(VolatileFrame(frame.decode()))
 
     def _expire(self) -> None:
         self._connection.kick(TokenExpired("token expired: send a refresh_token frame before it does"))
@@ -385,39 +393,21 @@ class _TokenWatch:
 
 async def _write(websocket: WebSocket, services: Services, connection: Connection) -> None:
     while True:
-        delivery = await connection.queue.get()
-        if delivery.resync:
-            await _catch_up(websocket, services, connection)
-            continue
-        if delivery.seq:
-            if delivery.seq <= connection.last_seq:
-                continue  # already sent: a duplicate from history or a late copy of our own ack
-            if delivery.seq > connection.last_seq + 1:
-                if delivery.text is None:
-                    # The reader's early ack overtook events still on their way through pub/sub. The
-                    # event's own copy comes after them on the channel and is acked then, in order.
-                    continue
-                await _catch_up(websocket, services, connection, upto=delivery.seq - 1)
-                if delivery.seq <= connection.last_seq:
-                    continue
-            await _send_durable(websocket, connection, delivery)
-        elif delivery.text is not None:
-            await websocket.send_text(delivery.text)
-            if delivery.sent is not None and not delivery.sent.done():
-                delivery.sent.set_result(None)
-            if delivery.removes_user is not None and delivery.removes_user == connection.identity.user_id:
-                connection.kick(MemberRemoved(f"an interviewer removed you from room {connection.room_code}"))
+        item = await connection.queue.get()
+        decision = decide(item, last_seq=connection.last_seq, connection_id=connection.id)
+        if isinstance(decision, CatchUp):
+            await _catch_up(websocket, services, connection, upto=decision.upto)
+            decision = decide(item, last_seq=connection.last_seq, connection_id=connection.id, caught_up=True)
+        if isinstance(decision, Send):
+            assert not isinstance(item, Resync)  # a resync is never sent
+            await websocket.send_text(decision.text)
+            if not connection.has_sent(item):
                 return
 
 
-async def _send_durable(websocket: WebSocket, connection: Connection, delivery: Delivery) -> None:
-    if delivery.origin == connection.id or delivery.text is None:
-        await websocket.send_text(ack_frame(delivery.seq, delivery.msg_id).decode())
-    else:
-        await websocket.send_text(delivery.text)
-    connection.last_seq = delivery.seq
-    if delivery.closes_room:
-        connection.kick(RoomClosed(f"room {connection.room_code} has been closed by its interviewer"))
+async def _send_durable(websocket: WebSocket, connection: Connection, event: DurableEvent) -> None:
+    await websocket.send_text(durable_text(event, connection.id))
+    connection.has_sent(event)
 
 
 async def _catch_up(
@@ -447,14 +437,14 @@ async def _catch_up(
     for envelope in missed.events:
         if upto is not None and envelope.seq > upto:
             break
-        await _send_durable(websocket, connection, Delivery.from_envelope(envelope))
+        await _send_durable(websocket, connection, DurableEvent.of(envelope))
         if connection.closing is not None:
             return
 
 
-def _error(code: str, message: str, client_msg_id: str | None = None) -> Delivery:
+def _error(code: str, message: str, client_msg_id: str | None = None) -> VolatileFrame:
     metrics.REFUSALS.labels(code).inc()
-    return Delivery(seq=0, text=error_frame(code, message, client_msg_id).decode())
+    return VolatileFrame(error_frame(code, message, client_msg_id).decode())
 
 
 async def _close(websocket: WebSocket, error: RelayError) -> None:

@@ -7,8 +7,9 @@ import contextlib
 
 from relay.auth import Identity
 from relay.errors import Unavailable
-from relay.hub import Connection, Hub
+from relay.hub import Hub
 from relay.keys import RoomKeys
+from relay.session import Connection
 
 CODE = "ABCDEF"
 
