@@ -26,7 +26,8 @@ def test_a_failed_snapshot_takes_the_presence_entry_back() -> None:
         async def snapshot_fails(*args: Any, **kwargs: Any) -> Any:
             raise Unavailable("room storage is unavailable; retry shortly")
 
-        app.state.services.rooms.snapshot = snapshot_fails
+        rooms = app.state.services.rooms
+        rooms.snapshot, working_snapshot = snapshot_fails, rooms.snapshot
         with (
             pytest.raises(WebSocketDisconnect) as refused,
             client.websocket_connect(f"/ws/{code}?token={bob}") as ws,
@@ -34,5 +35,6 @@ def test_a_failed_snapshot_takes_the_presence_entry_back() -> None:
             ws.receive_json()
             ws.receive_json()
         assert refused.value.code == 1013
+        rooms.snapshot = working_snapshot  # GET /api/room reads a snapshot too
         members = client.get(f"/api/room/{code}", headers=auth(alice)).json()["members"]
         assert {m["user_id"]: m["connected"] for m in members} == {"alice": False, "bob": False}
