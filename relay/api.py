@@ -1,4 +1,5 @@
-"""The REST endpoints under /api, with the response shapes of the product relay replaces.
+"""The REST endpoints under /api, with the response shapes of the product relay replaces, and the HTTP
+error handlers and request-id middleware that app.py mounts.
 
 Answers carry relay's own fields plus, as additions, the fields the old backend's frontend reads
 (`room_info`, `interviewer`, `candidate`, `status`, `editor_content`; `detail` on errors).
@@ -8,18 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay import metrics
+from relay import logs, metrics
 from relay.auth import Identity, bearer_token
 from relay.errors import (
     BadRequest,
     Forbidden,
+    InternalError,
     RateLimited,
     RelayError,
     RoomNotFound,
@@ -37,6 +45,7 @@ MAX_BODY_BYTES = 16 * 1024
 # Below the usual readiness-probe timeout (1 s), so a slow Redis reads as "not ready", not as a hung pod.
 READY_PING_TIMEOUT = 0.8
 CREATE_ROOM_FIELDS = {"title": 200, "language": 40}
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class JSONResponse(Response):
@@ -280,6 +289,64 @@ async def _shard_report(services: Services) -> dict[str, str] | None:
             report[address] = "up"
     return report
 
+
+# --- what every HTTP request goes through -------------------------------------------------------------
+
+
+class RequestIds:
+    """ASGI middleware: a request id per HTTP request (the caller's X-Request-ID when it is sane)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        rid = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+        token = logs.request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("X-Request-ID", rid)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            logs.request_id.reset(token)
+
+
+async def _relay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RelayError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    # The path is not echoed: it may hold whatever a client put there, tokens included.
+    message = exc.detail if exc.status_code != 404 else "no such endpoint: see README for the API"
+    body: dict[str, Any] = {
+        "status": "error",
+        "code": codes.get(exc.status_code, "http_error"),
+        "message": message,
+        "detail": message,
+    }
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(InternalError("internal error; it has been logged"))
+
+
+exception_handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    RelayError: _relay_error,
+    HTTPException: _http_error,
+    Exception: _internal_error,
+}
 
 routes = [
     Route("/api/create-room", create_room, methods=["POST"]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from relay.app import _supervise
+from relay.lifecycle import supervise
 
 
 def test_a_failing_loop_is_restarted_until_it_returns() -> None:
@@ -15,7 +15,7 @@ def test_a_failing_loop_is_restarted_until_it_returns() -> None:
         if len(runs) < 3:
             raise RuntimeError("a bug")
 
-    asyncio.run(asyncio.wait_for(_supervise("flaky", flaky, restart_delay=0.01), 5))
+    asyncio.run(asyncio.wait_for(supervise("flaky", flaky, restart_delay=0.01), 5))
     assert runs == [0, 1, 2]
 
 
@@ -24,7 +24,7 @@ def test_cancellation_is_not_swallowed() -> None:
         await asyncio.sleep(3600)
 
     async def scenario() -> bool:
-        task = asyncio.create_task(_supervise("forever", forever))
+        task = asyncio.create_task(supervise("forever", forever))
         await asyncio.sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
