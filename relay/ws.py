@@ -102,7 +102,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     try:
         connection, snapshot = await _open(websocket, services)
     except RelayError as error:
-        await _close(websocket, error)
+        # Nothing was sent yet: a closed room or a removed member gets its error frame like any refusal.
+        await _close(websocket, error, announced=False)
         return
     try:
         await _send_initial_state(websocket, connection, snapshot)
@@ -118,7 +119,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 connection.room_code, connection.identity.user_id, connection.id
             )
     if connection.closing is not None:
-        await _close(websocket, connection.closing)
+        # room_closed and member_removed frames already told the client why.
+        announced = isinstance(connection.closing, RoomClosed | MemberRemoved)
+        await _close(websocket, connection.closing, announced=announced)
 
 
 async def _open(websocket: WebSocket, services: Services) -> tuple[Connection, Snapshot]:
@@ -447,7 +450,8 @@ def _error(code: str, message: str, client_msg_id: str | None = None) -> Volatil
     return VolatileFrame(error_frame(code, message, client_msg_id).decode())
 
 
-async def _close(websocket: WebSocket, error: RelayError) -> None:
+async def _close(websocket: WebSocket, error: RelayError, *, announced: bool) -> None:
+    """An error frame (unless a frame of its own already `announced` the reason), then the close."""
     metrics.REFUSALS.labels(error.code).inc()
     reason = error.message.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
     if websocket.application_state == WebSocketState.DISCONNECTED:
@@ -455,6 +459,6 @@ async def _close(websocket: WebSocket, error: RelayError) -> None:
     # A client that stopped reading may never take the close frame: do not wait for it forever.
     with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect, TimeoutError):
         async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-            if not isinstance(error, RoomClosed | MemberRemoved):  # those already got their own frame
+            if not announced:
                 await websocket.send_text(error_frame(error.code, error.message).decode())
             await websocket.close(code=error.close_code, reason=reason)
