@@ -179,6 +179,15 @@ async def get_room(request: Request) -> Response:
     )
 
 
+async def get_monitoring(request: Request) -> Response:
+    """The room's candidate monitoring data, in the old backend's shape: its interviewers only."""
+    services = _services(request)
+    identity = await _identity(request)
+    code = normalize_code(request.path_params["code"])
+    report = await services.rooms.monitoring(code, identity.user_id)
+    return JSONResponse({"status": "success", **report.as_dict()})
+
+
 async def delete_room(request: Request) -> Response:
     services = _services(request)
     identity = await _identity(request)
@@ -353,6 +362,7 @@ routes = [
     Route("/api/join-room", join_room, methods=["POST"]),
     Route("/api/room/{code}", get_room, methods=["GET"]),
     Route("/api/room/{code}", delete_room, methods=["DELETE"]),
+    Route("/api/room/{code}/monitoring", get_monitoring, methods=["GET"]),
     Route("/api/room/{code}/members/{user_id}", remove_member, methods=["DELETE"]),
     Route("/api/health", health, methods=["GET"]),
     Route("/api/ready", ready, methods=["GET"]),

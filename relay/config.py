@@ -156,6 +156,8 @@ class Settings:
     max_candidates: int = 1
     # The document a new room starts with ("" for an empty editor).
     welcome_text: str = ""
+    # Focus-loss incidents and suspicious key presses kept per room (each; the newest), besides counts.
+    monitoring_max_records: int = 500
     create_limit: int = 20
     join_failure_limit: int = 20
     token_expiry_warning: int = 60
@@ -251,6 +253,9 @@ class Settings:
             max_members=reader.integer("RELAY_MAX_MEMBERS", cls.max_members, minimum=2),
             max_candidates=reader.integer("RELAY_MAX_CANDIDATES", cls.max_candidates, minimum=1),
             welcome_text=reader.multiline("RELAY_WELCOME_TEXT"),
+            monitoring_max_records=reader.integer(
+                "RELAY_MONITORING_MAX_RECORDS", cls.monitoring_max_records, minimum=1, maximum=100_000
+            ),
             create_limit=reader.integer("RELAY_CREATE_LIMIT", cls.create_limit, minimum=1),
             join_failure_limit=reader.integer("RELAY_JOIN_FAILURE_LIMIT", cls.join_failure_limit, minimum=1),
             token_expiry_warning=reader.integer(

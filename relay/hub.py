@@ -1,5 +1,8 @@
 """This replica's rooms: which local connections are in which room, and fan-out to them.
 
+Fan-out is filtered by role where an envelope is for one role only (`Envelope.for_role`: candidate
+monitoring alerts go to interviewer sockets only).
+
 The hub drives the bus: it subscribes a room's channel when the room's first local connection arrives
 and unsubscribes when the last one leaves, and it consumes `Bus.events()` in one task, putting each
 message into every local connection's bounded queue. Each message's frame is decoded once and the same
@@ -137,11 +140,15 @@ class Hub:
         item = item_of(envelope)
         if envelope.ts:
             metrics.DELIVERY_LATENCY.observe(max(0, now_ms() - envelope.ts) / 1000)
+        # Frames for one role only (monitoring alerts: interviewers) never reach another role's socket.
+        for_role = envelope.for_role
         sent = 0
         for connection in tuple(connections):
             # The sender's own socket gets an ack for a durable event (its writer's choice), nothing for
             # a volatile one.
             if isinstance(item, VolatileFrame) and connection.id == item.origin:
+                continue
+            if for_role is not None and connection.role != for_role:
                 continue
             connection.offer(item)
             sent += 1

@@ -9,6 +9,10 @@ Every key of a room carries the code in a hash tag, so one room lives in one Red
     relay:{CODE}:events     stream  recent durable events: seq, origin, msg, frame, kind
     relay:{CODE}:acks       hash    user_id -> "<client_msg_id> <seq>" of the user's last accepted edit
     relay:{CODE}:removed    set     user_ids an interviewer removed: they cannot join again
+    relay:{CODE}:monitoring hash    counts: focus_lost, keystrokes, suspicious_keystrokes
+    relay:{CODE}:incidents  list    focus-loss incidents (JSON), newest first, capped
+    relay:{CODE}:suspicious list    suspicious key presses (JSON), newest first, capped; ordinary keys are
+                                    only counted, never kept
     relay:{CODE}:pubsub     channel envelopes (see protocol.py) for every replica with sockets in the room
 
 The room store (rooms.py) and the fan-out (hub.py) both need these names; neither imports the other.
@@ -57,6 +61,9 @@ class RoomKeys:
     events: str
     acks: str
     removed: str
+    monitoring: str
+    incidents: str
+    suspicious: str
     channel: str
 
     @classmethod
@@ -70,13 +77,31 @@ class RoomKeys:
             events=f"{prefix}:events",
             acks=f"{prefix}:acks",
             removed=f"{prefix}:removed",
+            monitoring=f"{prefix}:monitoring",
+            incidents=f"{prefix}:incidents",
+            suspicious=f"{prefix}:suspicious",
             channel=f"{prefix}:pubsub",
         )
 
     @property
     def all(self) -> list[str]:
-        """The keys every script receives, in the order relay/lua/*.lua name them (KEYS[1..7])."""
-        return [self.room, self.members, self.cursors, self.presence, self.events, self.acks, self.removed]
+        """The keys every script receives, in the order relay/lua/*.lua name them (KEYS[1..10]).
+
+        Every script refreshes all of them (prelude's `touch`), so monitoring data lives exactly as long
+        as its room.
+        """
+        return [
+            self.room,
+            self.members,
+            self.cursors,
+            self.presence,
+            self.events,
+            self.acks,
+            self.removed,
+            self.monitoring,
+            self.incidents,
+            self.suspicious,
+        ]
 
 
 def code_of_channel(channel: bytes | str) -> str:

@@ -6,8 +6,9 @@ with orjson and the same bytes go to every socket.
 
 Envelope (a pub/sub message):
     kind "|" origin "|" seq "|" msg_id "|" ts "|" frame
-kind is `e` (an event to deliver), `c` (deliver, then close the room's sockets) or `r` (deliver, then
-close the sockets of the user named in the frame's `user_id`); origin is the id of
+kind is `e` (an event to deliver), `c` (deliver, then close the room's sockets), `r` (deliver, then
+close the sockets of the user named in the frame's `user_id`) or `i` (deliver to the room's interviewer
+sockets only: candidate monitoring alerts); origin is the id of
 the connection that caused it (`-` for none); seq is the room sequence number (0 for volatile events
 such as cursors and presence); msg_id is the sender's optional `client_msg_id` (empty for none); ts is
 when the publishing replica stamped the event (ms since the epoch), for the delivery-latency metric.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
 import orjson
@@ -31,8 +33,25 @@ EDITOR_UPDATE: Final = "editor_update"
 CURSOR_UPDATE: Final = "cursor_update"
 PING: Final = "ping"
 REFRESH_TOKEN: Final = "refresh_token"  # noqa: S105 - a frame type, not a secret
-CLIENT_TYPES: Final = (EDITOR_UPDATE, CURSOR_UPDATE, PING, REFRESH_TOKEN)
+WINDOW_FOCUS_LOST: Final = "window_focus_lost"
+KEYSTROKE_MONITORING: Final = "keystroke_monitoring"
+CLIENT_TYPES: Final = (
+    EDITOR_UPDATE,
+    CURSOR_UPDATE,
+    PING,
+    REFRESH_TOKEN,
+    WINDOW_FOCUS_LOST,
+    KEYSTROKE_MONITORING,
+)
 MAX_TOKEN_CHARS: Final = 8192
+
+# Monitoring frames are a few short fields (the old frontend adds its user_id / user_name, which relay
+# replaces): anything longer is not one.
+MAX_MONITORING_FRAME_CHARS: Final = 2048
+MAX_KEY_CHARS: Final = 32
+MAX_KEY_COMBINATION_CHARS: Final = 64
+# A focus loss longer than a day is not a measurement from a live interview page.
+MAX_FOCUS_LOST_SECONDS: Final = 86400.0
 
 # A cursor is a handful of numbers (Monaco: lineNumber/column, maybe a selection); 1 KiB is generous.
 MAX_CURSOR_BYTES: Final = 1024
@@ -41,7 +60,9 @@ CLIENT_MSG_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 KIND_EVENT: Final = "e"
 KIND_CLOSE: Final = "c"
 KIND_REMOVE: Final = "r"
+KIND_INTERVIEWERS: Final = "i"
 NO_ORIGIN: Final = "-"
+INTERVIEWER_ROLE: Final = "interviewer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +90,24 @@ class RefreshToken:
     token: str = field(repr=False)
 
 
-ClientFrame = EditorUpdate | CursorUpdate | Ping | RefreshToken
+@dataclass(frozen=True, slots=True)
+class WindowFocusLost:
+    """The candidate's page lost focus for `duration` seconds (sent on refocus)."""
+
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeystrokeMonitoring:
+    """One key press on the candidate's page; `is_suspicious` is the page's verdict (copy, paste, ...)."""
+
+    key: str
+    key_combination: str
+    is_suspicious: bool
+
+
+MonitoringFrame = WindowFocusLost | KeystrokeMonitoring
+ClientFrame = EditorUpdate | CursorUpdate | Ping | RefreshToken | WindowFocusLost | KeystrokeMonitoring
 
 
 def parse_client_frame(text: str, *, max_document_bytes: int) -> ClientFrame:
@@ -105,9 +143,50 @@ def parse_client_frame(text: str, *, max_document_bytes: int) -> ClientFrame:
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
             raise BadFrame(f"refresh_token needs 'token' as a non-empty string of at most {MAX_TOKEN_CHARS}")
         return RefreshToken(token)
+    if kind in (WINDOW_FOCUS_LOST, KEYSTROKE_MONITORING):
+        if len(text) > MAX_MONITORING_FRAME_CHARS:
+            raise TooLarge(f"{kind} frames are at most {MAX_MONITORING_FRAME_CHARS} characters")
+        return _monitoring_frame(kind, data)
     if not isinstance(kind, str):
         raise BadFrame(f"frame needs a string 'type' (one of {', '.join(CLIENT_TYPES)})")
     raise BadFrame(f"unknown frame type {kind[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}")
+
+
+def _monitoring_frame(kind: str, data: dict[str, Any]) -> MonitoringFrame:
+    if kind == WINDOW_FOCUS_LOST:
+        duration = data.get("duration")
+        if (
+            isinstance(duration, bool)
+            or not isinstance(duration, int | float)
+            or not 0 <= duration <= MAX_FOCUS_LOST_SECONDS  # also refuses NaN
+        ):
+            raise BadFrame(
+                "window_focus_lost needs 'duration' as a number of seconds "
+                f"from 0 to {MAX_FOCUS_LOST_SECONDS:g}"
+            )
+        return WindowFocusLost(duration=float(duration))
+    key = _short_text(data.get("key"), "key", MAX_KEY_CHARS, allow_empty=False)
+    combination = _short_text(data.get("key_combination"), "key_combination", MAX_KEY_COMBINATION_CHARS)
+    suspicious = data.get("is_suspicious")
+    if not isinstance(suspicious, bool):
+        raise BadFrame(
+            f"keystroke_monitoring needs 'is_suspicious' as true or false, got {_json_type(suspicious)}"
+        )
+    return KeystrokeMonitoring(key=key, key_combination=combination, is_suspicious=suspicious)
+
+
+def _short_text(value: Any, name: str, limit: int, *, allow_empty: bool = True) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) > limit
+        or (not value and not allow_empty)
+        or not value.isprintable()
+    ):
+        raise BadFrame(
+            f"keystroke_monitoring needs {name!r} as a printable string of at most {limit} characters"
+        )
+    _utf8_size(value)  # a lone surrogate is not text
+    return value
 
 
 def _cursor(value: Any, *, required: bool) -> tuple[Any, bytes]:
@@ -279,6 +358,65 @@ def token_refreshed_frame(expires_at: int) -> bytes:
     return _encode({"type": "token_refreshed", "expires_at": expires_at})
 
 
+# --- candidate monitoring ------------------------------------------------------------------------
+
+
+def iso_utc(ms: int) -> str:
+    """ISO 8601 in UTC with a `Z`, to the millisecond (browsers' `new Date()` reads it as UTC)."""
+    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringEvent:
+    """What one accepted monitoring frame becomes: the record kept (if any) and the alert (if any)."""
+
+    kind: str  # "focus" (a focus-loss incident) or "key" (a key press, counted)
+    record: bytes  # JSON kept in the room's capped list; b"" for an ordinary key press (only counted)
+    alert: bytes  # the packed `i` envelope of the interviewers' alert; b"" for none
+
+
+def monitoring_event(
+    frame: MonitoringFrame, *, user_id: str, user_name: str, origin: str, ts: int
+) -> MonitoringEvent:
+    """The old backend's incident / keystroke records and `candidate_monitoring_alert`, with the token's
+    identity and the server's time. Ordinary key presses are neither kept nor announced: only counted."""
+    timestamp = iso_utc(ts)
+    who = {"user_id": user_id, "user_name": user_name, "timestamp": timestamp}
+    if isinstance(frame, WindowFocusLost):
+        record = {"type": WINDOW_FOCUS_LOST, **who, "duration": frame.duration}
+        alert = {
+            "type": "candidate_monitoring_alert",
+            "alert_type": WINDOW_FOCUS_LOST,
+            **who,
+            "duration": frame.duration,
+            "message": f"Candidate {user_name} lost window focus for {frame.duration:.1f} seconds",
+            "ts": ts,
+        }
+        return MonitoringEvent("focus", _encode(record), _alert_envelope(alert, origin, ts))
+    if not frame.is_suspicious:
+        return MonitoringEvent("key", b"", b"")
+    record = {
+        **who,
+        "key": frame.key,
+        "key_combination": frame.key_combination,
+        "is_suspicious": True,
+    }
+    alert = {
+        "type": "candidate_monitoring_alert",
+        "alert_type": "suspicious_keystroke",
+        **who,
+        "key_combination": frame.key_combination,
+        "message": f"Candidate {user_name} used suspicious key combination: {frame.key_combination}",
+        "ts": ts,
+    }
+    return MonitoringEvent("key", _encode(record), _alert_envelope(alert, origin, ts))
+
+
+def _alert_envelope(alert: dict[str, Any], origin: str, ts: int) -> bytes:
+    return Envelope(KIND_INTERVIEWERS, origin, 0, None, ts, _encode(alert)).pack()
+
+
 # --- envelope -------------------------------------------------------------------------------------
 
 
@@ -304,6 +442,11 @@ class Envelope:
         return self.kind == KIND_CLOSE
 
     @property
+    def for_role(self) -> str | None:
+        """The only role whose sockets get this envelope's frame (None: every socket of the room)."""
+        return INTERVIEWER_ROLE if self.kind == KIND_INTERVIEWERS else None
+
+    @property
     def removes_member(self) -> str | None:
         """The user id a `r` envelope removes (parsed only for this rare kind)."""
         if self.kind != KIND_REMOVE:
@@ -323,7 +466,7 @@ class Envelope:
     def unpack(cls, data: bytes) -> Envelope:
         """Raises ValueError on anything that is not an envelope (the bus logs and drops it)."""
         kind, origin, seq, msg_id, ts, frame = data.split(b"|", 5)
-        if kind not in (b"e", b"c", b"r"):
+        if kind not in (b"e", b"c", b"r", b"i"):
             raise ValueError(f"unknown envelope kind {kind[:10]!r}")
         return cls(kind.decode(), origin.decode(), int(seq), msg_id.decode() or None, int(ts), frame)
 

@@ -23,6 +23,7 @@ from relay.auth import Identity
 from relay.config import Settings
 from relay.errors import (
     CandidateTaken,
+    Forbidden,
     MemberNotFound,
     MemberRemoved,
     NotMember,
@@ -42,12 +43,14 @@ from relay.protocol import (
     CursorUpdate,
     EditorUpdate,
     Envelope,
+    MonitoringFrame,
     cursor_update_frame,
     editor_update_event,
     member_joined_frame,
     member_left_frame,
     member_left_template,
     member_removed_frame,
+    monitoring_event,
     now_ms,
     room_closed_event,
 )
@@ -197,6 +200,30 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitoringReport:
+    """A room's candidate monitoring data, in the old backend's shape plus relay's counts."""
+
+    code: str
+    incidents: list[Any]  # focus-loss records, oldest first (the newest RELAY_MONITORING_MAX_RECORDS)
+    suspicious: list[Any]  # suspicious key-press records, oldest first (idem)
+    focus_lost: int  # every focus loss, kept or not
+    keystrokes: int  # every key press reported, suspicious or not (ordinary ones are only counted)
+    suspicious_keystrokes: int
+    max_records: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "room_code": self.code,
+            "monitoring_incidents": self.incidents,
+            "keystroke_logs": self.suspicious,
+            "total_incidents": self.focus_lost,
+            "total_keystrokes": self.keystrokes,
+            "total_suspicious_keystrokes": self.suspicious_keystrokes,
+            "max_records": self.max_records,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     """An editor_update the store took: its seq, and whether it was a resend of an accepted edit."""
 
@@ -279,6 +306,8 @@ class Rooms:
         self._close = script("close")
         self._snapshot = script("snapshot")
         self._events_after = script("events_after")
+        self._monitor = script("monitor")
+        self._monitoring = script("monitoring")
 
     # --- REST ------------------------------------------------------------------------------------
 
@@ -496,6 +525,56 @@ class Rooms:
                 Envelope(KIND_EVENT, connection_id, 0, None, now, left).pack(),
                 *member_left_template(now),
             ],
+        )
+
+    @redis_unavailable_is_503
+    async def record_monitoring(
+        self, code: str, identity: Identity, frame: MonitoringFrame, origin: str
+    ) -> None:
+        """Count (and for incidents and suspicious key presses keep and announce) one monitoring frame.
+
+        Raises Forbidden unless the sender is, by the membership record, one of the room's candidates.
+        """
+        event = monitoring_event(
+            frame, user_id=identity.user_id, user_name=identity.user_name, origin=origin, ts=now_ms()
+        )
+        keys = RoomKeys.of(code)
+        outcome = _text(
+            await self._run(
+                self._monitor,
+                keys=keys.all,
+                args=[
+                    identity.user_id,
+                    event.kind,
+                    event.record,
+                    event.alert,
+                    keys.channel,
+                    self._settings.monitoring_max_records,
+                    self._settings.room_ttl,
+                ],
+            )
+        )
+        if outcome == "not_candidate":
+            raise Forbidden("only the room's candidate sends monitoring frames")
+        self._raise_for(outcome, code)
+
+    @redis_unavailable_is_503
+    async def monitoring(self, code: str, user_id: str) -> MonitoringReport:
+        """The room's monitoring data, for its interviewers only (also once the room is closed)."""
+        result = await self._run(self._monitoring, keys=RoomKeys.of(code).all, args=[user_id])
+        self._raise_for(_text(result[0]), code)
+        member = Member.load(user_id, result[1]) if result[1] else None
+        if member is None or member.role != INTERVIEWER:
+            raise Forbidden("Only the room's interviewer can access monitoring data")
+        counts = {name: int(value) for name, value in _pairs(result[2]).items()}
+        return MonitoringReport(
+            code=code,
+            incidents=[orjson.loads(raw) for raw in reversed(result[3])],
+            suspicious=[orjson.loads(raw) for raw in reversed(result[4])],
+            focus_lost=counts.get("focus_lost", 0),
+            keystrokes=counts.get("keystrokes", 0),
+            suspicious_keystrokes=counts.get("suspicious_keystrokes", 0),
+            max_records=self._settings.monitoring_max_records,
         )
 
     @redis_unavailable_is_503

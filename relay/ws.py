@@ -25,6 +25,7 @@ from relay import logs, metrics
 from relay.auth import bearer_token
 from relay.errors import (
     BadRequest,
+    Forbidden,
     InternalError,
     MemberRemoved,
     OriginNotAllowed,
@@ -45,8 +46,10 @@ from relay.protocol import (
     REASON_RESUME_INVALID,
     CursorUpdate,
     EditorUpdate,
+    KeystrokeMonitoring,
     Ping,
     RefreshToken,
+    WindowFocusLost,
     ack_frame,
     error_frame,
     parse_client_frame,
@@ -54,7 +57,7 @@ from relay.protocol import (
     token_expiring_frame,
     token_refreshed_frame,
 )
-from relay.rooms import Resume, Snapshot
+from relay.rooms import CANDIDATE, Resume, Snapshot
 from relay.services import Services
 from relay.session import (
     CatchUp,
@@ -77,8 +80,15 @@ _RECEIVED = {
         (CursorUpdate, "cursor_update"),
         (Ping, "ping"),
         (RefreshToken, "refresh_token"),
+        (WindowFocusLost, "window_focus_lost"),
+        (KeystrokeMonitoring, "keystroke_monitoring"),
     )
 }
+
+# Monitoring frames per socket, on top of the general rate limit: the old frontend sends one
+# keystroke_monitoring per key press, debounced to about 10 a second, and a focus loss on refocus.
+MONITORING_RATE_PER_SECOND = 10.0
+MONITORING_BURST = 20
 
 CLOSE_TIMEOUT_SECONDS = 5.0
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 for the code
@@ -251,7 +261,8 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
     rooms = services.rooms
     bucket = TokenBucket(settings.rate_per_second, settings.rate_burst)
     flood = _FloodWatch(limit=settings.rate_burst)
-    last_rate_notice = 0.0
+    monitoring_bucket = TokenBucket(MONITORING_RATE_PER_SECOND, MONITORING_BURST)
+    last_rate_notice = last_monitoring_notice = 0.0
     while True:
         # Drop the previous frame before waiting: an idle socket must not pin its last document.
         message = text = frame = None
@@ -334,6 +345,30 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
             watch.schedule()
             refreshed = token_refreshed_frame(int(identity.expires_at))
             connection.offer(VolatileFrame(refreshed.decode()))
+        elif isinstance(frame, WindowFocusLost | KeystrokeMonitoring):
+            if connection.role != CANDIDATE:
+                # The store checks the membership record again; this answers the common case locally.
+                connection.offer(_error("forbidden", "only the room's candidate sends monitoring frames"))
+                continue
+            if not monitoring_bucket.take():
+                if time.monotonic() - last_monitoring_notice > 1.0:
+                    last_monitoring_notice = time.monotonic()
+                    connection.offer(
+                        _error(
+                            "rate_limited",
+                            f"more than {MONITORING_RATE_PER_SECOND:g} monitoring frames per second: dropped",
+                        )
+                    )
+                continue
+            try:
+                await rooms.record_monitoring(connection.room_code, connection.identity, frame, connection.id)
+            except RelayError as error:
+                # Redis away, or no longer a candidate: say so, keep the socket. Removed / closed: end it.
+                if isinstance(error, Unavailable) or error.code == Forbidden.code:
+                    connection.offer(_error(error.code, error.message))
+                    continue
+                connection.kick(error)
+                return
 
 
 class _FloodWatch:

@@ -3,8 +3,9 @@
 The old "Safe Interviews" frontend (React + Vite, Supabase auth) talks to relay with only the two
 changes security forces: the token on the WebSocket URL and `Authorization` on `GET /api/room/{code}`.
 This test plays its exact sequence (create, join, room info, socket with token, whole-document edits
-carrying their own `user_id` / `user_name`, close) and asserts every field the frontend reads, with the
-type it expects; the interviewer's page is on one replica and the candidate's on the other.
+carrying their own `user_id` / `user_name`, the candidate page's monitoring frames, the interviewer's
+alerts and monitoring panel, close) and asserts every field the frontend reads, with the type it
+expects; the interviewer's page is on one replica and the candidate's on the other.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -69,6 +71,9 @@ class Page:
     def close_room(self, code: str) -> httpx.Response:
         return self.http.delete(f"/api/room/{code}", headers=self.authorized())
 
+    def monitoring(self, code: str) -> httpx.Response:
+        return self.http.get(f"/api/room/{code}/monitoring", headers=self.authorized())
+
     def connect(self, code: str) -> dict[str, Any]:
         """Open the socket (change 1 of 2: ?token=) and return its first frame."""
         if self.socket is not None:
@@ -101,6 +106,20 @@ def check(value: Any, shape: Any, where: str = "$") -> None:
 
 PERSON = {"id": str, "name": str, "email": str}
 ROOM = {"interviewer": PERSON, "candidate": (dict, type(None)), "status": str, "editor_content": str}
+
+
+def browser_date(text: str) -> datetime:
+    """What `new Date(text)` gives: ISO 8601 read as UTC only when it says so (the old backend did not)."""
+    assert text.endswith("Z"), f"{text!r} has no zone: browsers would read it as local time"
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def frames_until_pong(client: Client) -> list[dict[str, Any]]:
+    client.send({"type": "ping"})
+    got = []
+    while (frame := client.recv()) != {"type": "pong"}:
+        got.append(frame)
+    return got
 
 
 def error_detail(response: httpx.Response) -> str:
@@ -219,6 +238,47 @@ def test_the_frontend_sequence(pages_replicas: tuple[Replica, Replica]) -> None:
         state = interviewer.connect(code)
         check(state, {"room_info": ROOM})
         assert state["room_info"]["editor_content"] == document and state["room_info"]["status"] == "active"
+
+        # The candidate page's monitoring: a focus loss on refocus, and every key press (debounced), each
+        # with the page's own user_id / user_name; relay stamps the token's.
+        candidate.ws.send(
+            {"type": "window_focus_lost", "user_id": cam_id, "user_name": "Cam", "duration": 3.2}
+        )
+        for key, combination, suspicious in (("d", "d", False), ("v", "Ctrl+V", True), ("e", "e", False)):
+            candidate.ws.send(
+                {
+                    "type": "keystroke_monitoring",
+                    "user_id": cam_id,
+                    "user_name": "Cam",
+                    "key": key,
+                    "key_combination": combination,
+                    "is_suspicious": suspicious,
+                }
+            )
+        alert_shape = {"alert_type": str, "message": str, "timestamp": str}
+        focus = interviewer.ws.recv_type("candidate_monitoring_alert")
+        check(focus, alert_shape)
+        assert focus["alert_type"] == "window_focus_lost" and focus["user_id"] == cam_id
+        suspicious_alert = interviewer.ws.recv_type("candidate_monitoring_alert")
+        check(suspicious_alert, alert_shape)
+        assert suspicious_alert["alert_type"] == "suspicious_keystroke"
+        assert suspicious_alert["key_combination"] == "Ctrl+V"
+        assert browser_date(focus["timestamp"]) <= browser_date(suspicious_alert["timestamp"])
+        # The candidate's page never gets one (its queue is in order: the pong comes after any alert).
+        assert all(f["type"] != "candidate_monitoring_alert" for f in frames_until_pong(candidate.ws))
+        # The interviewer's monitoring panel.
+        assert candidate.monitoring(code).status_code == 403
+        panel = interviewer.monitoring(code)
+        assert panel.status_code == 200
+        check(panel.json(), {"monitoring_incidents": list, "total_keystrokes": int, "keystroke_logs": list})
+        (incident,) = panel.json()["monitoring_incidents"]
+        check(incident, {"type": str, "timestamp": str, "duration": (int, float)})
+        browser_date(incident["timestamp"])
+        assert incident["duration"] == 3.2
+        assert panel.json()["total_keystrokes"] == 3
+        (logged,) = panel.json()["keystroke_logs"]
+        check(logged, {"is_suspicious": bool})
+        assert logged["is_suspicious"] is True and logged["key_combination"] == "Ctrl+V"
 
         # A second candidate is refused with a detail the join page can show.
         third = Page(a, supabase_token(str(uuid.uuid4()), "Dee", "dee@example.test"))
