@@ -87,7 +87,12 @@ def create_app(settings: Settings) -> Starlette:
             config = ClusterConfig.from_url(settings.redis_url)
             topology = Topology(config)
             redis_client = pubsub_client = topology.client(config.seeds[0])
-            rooms = Rooms(redis_client, settings, cluster=ShardedScripts(topology))
+            scripts = ShardedScripts(
+                topology,
+                wait_replicas=settings.redis_wait_replicas,
+                wait_timeout_ms=settings.redis_wait_timeout_ms,
+            )
+            rooms = Rooms(redis_client, settings, cluster=scripts)
             bus = ClusterBus(topology, config, link_timeout=settings.redis_link_timeout)
         else:
             redis_client, pubsub_client = make_redis(settings)
@@ -98,7 +103,7 @@ def create_app(settings: Settings) -> Starlette:
             settings=settings,
             auth=Authenticator(settings),
             rooms=rooms,
-            quotas=Quotas(redis_client, settings, rooms.scripts),
+            quotas=Quotas(redis_client, settings, rooms.scripts, sharded=settings.redis_cluster),
             bus=bus,
             hub=hub,
             replica_id=replica_id,

@@ -255,24 +255,27 @@ class ShardedScripts:
     the next call reaches a promoted replica.
     """
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, *, wait_replicas: int = 0, wait_timeout_ms: int = 0) -> None:
         self._topology = topology
+        self._wait = {"wait_replicas": wait_replicas, "wait_timeout_ms": wait_timeout_ms}
         self._pipelines: dict[str, ScriptPipeline] = {}
 
     def _pipeline(self, address: str) -> ScriptPipeline:
         pipeline = self._pipelines.get(address)
         if pipeline is None:
-            pipeline = self._pipelines[address] = ScriptPipeline(self._topology.client(address))
+            pipeline = self._pipelines[address] = ScriptPipeline(self._topology.client(address), **self._wait)
         return pipeline
 
-    async def call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+    async def call(
+        self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
+    ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REDIRECT_DEADLINE
         pause = 0.02
         while True:
             address = self._topology.address_of(keys[0])
             try:
-                return await self._pipeline(address).call(script, keys, args)
+                return await self._pipeline(address).call(script, keys, args, read_only=read_only)
             except redis.exceptions.MovedError:
                 retry: BaseException = Unavailable("the room's slot keeps moving; retry shortly")
                 await _quietly(self._topology.refresh())

@@ -145,6 +145,8 @@ class Settings:
     history_max_age: int = 600
     presence_ttl: int = 30
     redis_link_timeout: float = 10.0
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
 
     # Connections and limits
     rate_per_second: float = 30.0
@@ -242,6 +244,12 @@ class Settings:
             history_max_age=reader.integer("RELAY_HISTORY_MAX_AGE", cls.history_max_age, minimum=1),
             presence_ttl=reader.integer("RELAY_PRESENCE_TTL", cls.presence_ttl, minimum=3),
             redis_link_timeout=reader.number("RELAY_REDIS_LINK_TIMEOUT", cls.redis_link_timeout, minimum=1),
+            redis_wait_replicas=reader.integer(
+                "RELAY_REDIS_WAIT_REPLICAS", cls.redis_wait_replicas, minimum=0, maximum=16
+            ),
+            redis_wait_timeout_ms=reader.integer(
+                "RELAY_REDIS_WAIT_TIMEOUT_MS", cls.redis_wait_timeout_ms, minimum=1, maximum=60_000
+            ),
             rate_per_second=reader.number("RELAY_RATE_PER_SECOND", cls.rate_per_second, minimum=0.1),
             rate_burst=reader.integer("RELAY_RATE_BURST", cls.rate_burst, minimum=1),
             max_connections_per_user=reader.integer(

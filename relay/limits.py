@@ -4,22 +4,28 @@ Quota keys never contain user input as such: user ids and client addresses are h
 `sub` cannot name or collide with another key.
 
 Every counter is its own key without a hash tag, and every command touches one key: on a Redis Cluster
-the counters spread over the shards by their hash and no command is cross-slot.
+the counters spread over the shards by their hash and no command is cross-slot. There, a counter whose
+shard is down is skipped (logged): one shard's outage must not stop room creation and joins on the
+shards that are up, and a quota that lapses during an outage costs less than refusing everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from relay.config import Settings
 from relay.errors import RateLimited
 from relay.redis_errors import redis_unavailable_is_503
+
+logger = logging.getLogger("relay.limits")
 
 CREATE_WINDOW_SECONDS: Final = 3600
 JOIN_FAILURE_WINDOW_SECONDS: Final = 600
@@ -40,7 +46,9 @@ return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('TTL', KEYS[1])}
 class ScriptRunner(Protocol):
     """ScriptPipeline (one Redis) or cluster.ShardedScripts (the key's shard)."""
 
-    async def call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any: ...
+    async def call(
+        self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
+    ) -> Any: ...
 
 
 class TokenBucket:
@@ -71,16 +79,34 @@ def _digest(value: str) -> str:
 class Quotas:
     """Per-user and per-address quotas counted in Redis, so they hold across every replica."""
 
-    def __init__(self, redis_client: aioredis.Redis, settings: Settings, scripts: ScriptRunner) -> None:
-        """`redis_client` names the scripts; `scripts` runs them (batched with the room scripts)."""
+    def __init__(
+        self,
+        redis_client: aioredis.Redis,
+        settings: Settings,
+        scripts: ScriptRunner,
+        *,
+        sharded: bool = False,
+    ) -> None:
+        """`redis_client` names the scripts; `scripts` runs them (batched with the room scripts);
+        `sharded`: a Redis Cluster, where a counter on a shard that is down is skipped."""
         self._settings = settings
         self._scripts = scripts
+        self._sharded = sharded
         self._count_script = redis_client.register_script(_COUNT)
         self._peek_script = redis_client.register_script(_PEEK)
 
     async def _count(self, key: str, window: int) -> tuple[int, int]:
-        count, ttl = await self._scripts.call(self._count_script, [key], [window])
+        count, ttl = await self._call(self._count_script, key, [window])
         return int(count), int(ttl)
+
+    async def _call(self, script: AsyncScript, key: str, args: list[Any], *, read_only: bool = False) -> Any:
+        try:
+            return await self._scripts.call(script, [key], args, read_only=read_only)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if not self._sharded:
+                raise
+            logger.warning("quota counter skipped: its Redis Cluster shard is unreachable (%s)", exc)
+            return [0, -2]
 
     @redis_unavailable_is_503
     async def count_room_creation(self, user_id: str) -> None:
@@ -102,7 +128,10 @@ class Quotas:
     async def check_join(self, user_id: str, address: str | None) -> None:
         """Refuses a join while the user or its address has too many recent failed joins."""
         replies = await asyncio.gather(
-            *(self._scripts.call(self._peek_script, [key], []) for key in self._join_keys(user_id, address))
+            *(
+                self._call(self._peek_script, key, [], read_only=True)
+                for key in self._join_keys(user_id, address)
+            )
         )
         for failures, ttl in replies:
             if int(failures) >= self._settings.join_failure_limit:

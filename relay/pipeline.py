@@ -41,12 +41,19 @@ class PipelineFailed(redis.exceptions.ConnectionError):
     """The writer stopped (a bug or shutdown) before this call's reply arrived: it may or may not have run."""
 
 
+class NotReplicated(redis.exceptions.ConnectionError):
+    """The call ran, but WAIT could not confirm its batch on enough replicas in time: the caller must not
+    report it as accepted (a failover could still lose it). A resend with the same client_msg_id is
+    answered from the acks, without applying the edit twice."""
+
+
 @dataclass(slots=True)
 class _Call:
     script: AsyncScript
     keys: list[str]
     args: list[Any]
     future: asyncio.Future[Any]
+    read_only: bool = False  # needs no WAIT: a read is valid whether or not a replica has caught up
 
     def resolve(self, reply: Any) -> None:
         # The caller may be gone (cancelled): its future is then done and takes nothing more.
@@ -59,15 +66,22 @@ class _Call:
 
 
 class ScriptPipeline:
-    def __init__(self, redis_client: aioredis.Redis) -> None:
+    def __init__(
+        self, redis_client: aioredis.Redis, *, wait_replicas: int = 0, wait_timeout_ms: int = 0
+    ) -> None:
+        """wait_replicas > 0: every batch ends with `WAIT wait_replicas wait_timeout_ms` (one WAIT covers
+        the whole batch's writes), and no call of a batch that fewer replicas confirmed succeeds."""
         self._redis = redis_client
+        self._wait = (wait_replicas, wait_timeout_ms)
         self._pending: deque[_Call] = deque()
         self._in_flight: list[_Call] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._is_closed = False
 
-    async def call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+    async def call(
+        self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
+    ) -> Any:
         """Run `script` in the next batch; returns its reply or raises its error."""
         if self._is_closed:
             raise PipelineFailed("relay is shutting down")
@@ -75,7 +89,7 @@ class ScriptPipeline:
             self._task = asyncio.create_task(self._run(), name="redis-pipeline")
             self._task.add_done_callback(self._writer_stopped)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Call(script, keys, args, future))
+        self._pending.append(_Call(script, keys, args, future, read_only))
         self._wakeup.set()
         return await future
 
@@ -164,11 +178,28 @@ class ScriptPipeline:
                 return
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
+        replicas, timeout_ms = self._wait
+        if all(call.read_only for call in batch):
+            replicas = 0
         async with self._redis.pipeline(transaction=False) as pipe:
             for call in batch:
                 pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+            if replicas:
+                pipe.execute_command("WAIT", replicas, timeout_ms)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
-            return replies
+        if replicas:
+            confirmed = replies.pop()
+            if isinstance(confirmed, Exception):
+                raise confirmed
+            if int(confirmed) < replicas:
+                error = NotReplicated(
+                    f"Redis confirmed the write on {confirmed} of {replicas} replicas within {timeout_ms} ms"
+                )
+                replies = [
+                    reply if isinstance(reply, Exception) or call.read_only else error
+                    for call, reply in zip(batch, replies, strict=True)
+                ]
+        return replies
 
     async def _load_scripts(self, scripts: set[AsyncScript]) -> None:
         for script in scripts:

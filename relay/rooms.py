@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from relay.auth import Identity
@@ -286,7 +287,11 @@ class Rooms:
         self._redis = redis_client
         self._settings = settings
         self._cluster = cluster
-        self._pipeline: ScriptPipeline | ShardedScripts = cluster or ScriptPipeline(redis_client)
+        self._pipeline: ScriptPipeline | ShardedScripts = cluster or ScriptPipeline(
+            redis_client,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
 
         publish = "SPUBLISH" if cluster is not None else "PUBLISH"
         prelude = f"local PUBLISH = '{publish}'\n" + _lua("prelude")
@@ -315,23 +320,33 @@ class Rooms:
     async def create(self, identity: Identity, *, title: str = "", language: str = "") -> RoomInfo:
         now = now_ms()
         member = Member(identity.user_id, INTERVIEWER, identity.user_name, now, identity.email)
+        unreachable: redis.exceptions.RedisError | None = None
         for _ in range(CREATE_ATTEMPTS):
             code = new_code()
-            created = await self._run(
-                self._create,
-                keys=RoomKeys.of(code).all,
-                args=[
-                    identity.user_id,
-                    member.dump(),
-                    now,
-                    self._settings.room_ttl,
-                    title,
-                    language,
-                    self._settings.welcome_text,
-                ],
-            )
+            try:
+                created = await self._run(
+                    self._create,
+                    keys=RoomKeys.of(code).all,
+                    args=[
+                        identity.user_id,
+                        member.dump(),
+                        now,
+                        self._settings.room_ttl,
+                        title,
+                        language,
+                        self._settings.welcome_text,
+                    ],
+                )
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                if self._cluster is None:
+                    raise
+                # The code's shard is down: another code most likely lives on another shard.
+                unreachable = exc
+                continue
             if created:
                 return RoomInfo(code, "open", now, identity.user_id, 0, title, language, [member], set())
+        if unreachable is not None:
+            raise unreachable
         raise Unavailable("could not find a free room code; retry")
 
     @redis_unavailable_is_503
@@ -614,7 +629,8 @@ class Rooms:
     # --- helpers ---------------------------------------------------------------------------------
 
     async def _run(self, script: AsyncScript, *, keys: list[str], args: list[Any]) -> Any:
-        return await self._pipeline.call(script, keys, args)
+        read_only = script is self._snapshot or script is self._events_after or script is self._member
+        return await self._pipeline.call(script, keys, args, read_only=read_only)
 
     async def _read_snapshot(self, code: str, after_seq: int | None) -> Snapshot:
         now = now_ms()

@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from relay.pipeline import PipelineFailed, ScriptPipeline
+from relay.pipeline import NotReplicated, PipelineFailed, ScriptPipeline
 from tests.support import RedisServer
 
 APPEND = "redis.call('RPUSH', KEYS[1], ARGV[1]); return redis.call('LLEN', KEYS[1])"
@@ -211,3 +211,33 @@ def test_aclose_answers_the_batch_in_flight(redis_server: RedisServer) -> None:
 
     outcomes = asyncio.run(scenario())
     assert all(isinstance(outcome, PipelineFailed) for outcome in outcomes), outcomes
+
+
+def test_wait_replicas_refuses_writes_no_replica_confirmed_but_not_reads(redis_server: RedisServer) -> None:
+    """With wait_replicas=1 on a Redis without replicas, a write is reported as NotReplicated (it ran, but
+    must not be acked), a read-only call in the same batch still gets its reply, and without the option
+    the same write succeeds."""
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        waiting = ScriptPipeline(client, wait_replicas=1, wait_timeout_ms=50)
+        plain = ScriptPipeline(client)
+        write = client.register_script(APPEND)
+        read = client.register_script("return redis.call('LLEN', KEYS[1])")
+        key = "pipeline-test:wait"
+        await client.delete(key)
+        outcomes = await asyncio.gather(
+            waiting.call(write, [key], ["x"]),
+            waiting.call(read, [key], [], read_only=True),
+            return_exceptions=True,
+        )
+        unwaited = await plain.call(write, [key], ["y"])
+        for pipeline in (waiting, plain):
+            await pipeline.aclose()
+        await client.aclose()
+        return outcomes[0], outcomes[1], unwaited
+
+    written, read_back, unwaited = asyncio.run(scenario())
+    assert isinstance(written, NotReplicated) and "0 of 1 replicas" in str(written)
+    assert read_back == 1  # the write ran: WAIT only says no replica confirmed it
+    assert unwaited == 2
