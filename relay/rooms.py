@@ -629,7 +629,7 @@ class Rooms:
     # --- helpers ---------------------------------------------------------------------------------
 
     async def _run(self, script: AsyncScript, *, keys: list[str], args: list[Any]) -> Any:
-        read_only = script is self._snapshot or script is self._events_after or script is self._member
+        read_only = script in (self._snapshot, self._events_after, self._member, self._monitoring)
         return await self._pipeline.call(script, keys, args, read_only=read_only)
 
     async def _read_snapshot(self, code: str, after_seq: int | None) -> Snapshot:
