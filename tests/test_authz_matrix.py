@@ -41,9 +41,15 @@ COLUMNS = {
     "delete": "DELETE /api/room/{code}",
     "remove": "DELETE /api/room/{code}/members/{candidate}",
     "ws": "WS /ws/{code}",
+    "monitoring": "GET /api/room/{code}/monitoring",
+    "monitor": "WS window_focus_lost",
 }
+SOCKET_COLUMNS = ("ws", "monitor")
 
-REFUSED = {**{column: "401 unauthorized" for column in COLUMNS}, "ws": "close 4401"}
+REFUSED = {
+    **{column: "401 unauthorized" for column in COLUMNS},
+    **{column: "close 4401" for column in SOCKET_COLUMNS},
+}
 
 # Tokens with this under app_metadata join rooms as interviewers (RELAY_INTERVIEWER_CLAIM below).
 INTERVIEWER_CLAIM = {"role": "interviewer"}
@@ -335,7 +341,10 @@ ROWS: list[Row] = [
     Row(
         "expired",
         "expired (exp 120 s ago)",
-        {**{column: "401 token_expired" for column in COLUMNS}, "ws": "close 4401"},
+        {
+            **{column: "401 token_expired" for column in COLUMNS},
+            **{column: "close 4401" for column in SOCKET_COLUMNS},
+        },
         bad_token=_times(exp=-120, iat=-720),
     ),
     Row(
@@ -396,6 +405,8 @@ ROWS: list[Row] = [
             "delete": "403 not_member",
             "remove": "403 not_member",
             "ws": "close 4403",
+            "monitoring": "403 forbidden",
+            "monitor": "close 4403",
         },
         prepare=_stranger,
     ),
@@ -409,6 +420,8 @@ ROWS: list[Row] = [
             "delete": "403 not_member",
             "remove": "403 not_member",
             "ws": "close 4403",
+            "monitoring": "403 forbidden",
+            "monitor": "close 4403",
         },
         prepare=_colleague,
     ),
@@ -422,6 +435,8 @@ ROWS: list[Row] = [
             "delete": "403 forbidden",
             "remove": "403 forbidden",
             "ws": "room_state",
+            "monitoring": "403 forbidden",
+            "monitor": "stored",
         },
         prepare=_candidate,
     ),
@@ -435,6 +450,8 @@ ROWS: list[Row] = [
             "delete": "200",
             "remove": "200",
             "ws": "room_state",
+            "monitoring": "200",
+            "monitor": "error forbidden",
         },
         prepare=_interviewer,
     ),
@@ -448,6 +465,8 @@ ROWS: list[Row] = [
             "delete": "410 room_closed",
             "remove": "410 room_closed",
             "ws": "close 4410",
+            "monitoring": "200",
+            "monitor": "close 4410",
         },
         prepare=_closed_room,
     ),
@@ -461,6 +480,8 @@ ROWS: list[Row] = [
             "delete": "404 room_not_found",
             "remove": "404 room_not_found",
             "ws": "close 4404",
+            "monitoring": "404 room_not_found",
+            "monitor": "close 4404",
         },
         prepare=_unknown_room,
     ),
@@ -474,6 +495,8 @@ ROWS: list[Row] = [
             "delete": "403 member_removed",
             "remove": "403 member_removed",
             "ws": "close 4403",
+            "monitoring": "403 forbidden",
+            "monitor": "close 4403",
         },
         prepare=_removed,
     ),
@@ -487,6 +510,8 @@ ROWS: list[Row] = [
             "delete": "403 not_member",
             "remove": "403 not_member",
             "ws": "close 4403",
+            "monitoring": "403 forbidden",
+            "monitor": "close 4403",
         },
         prepare=_room_full,
     ),
@@ -500,6 +525,8 @@ ROWS: list[Row] = [
             "delete": "200",
             "remove": "200",
             "ws": "room_state",
+            "monitoring": "200",
+            "monitor": "error forbidden",
         },
         prepare=_creations_used_up,
     ),
@@ -513,6 +540,8 @@ ROWS: list[Row] = [
             "delete": "403 not_member",
             "remove": "403 not_member",
             "ws": "close 4403",
+            "monitoring": "403 forbidden",
+            "monitor": "close 4403",
         },
         prepare=_user_guessed_codes,
     ),
@@ -526,6 +555,8 @@ ROWS: list[Row] = [
             "delete": "403 not_member",
             "remove": "403 not_member",
             "ws": "close 4403",
+            "monitoring": "403 forbidden",
+            "monitor": "close 4403",
         },
         prepare=_address_guessed_codes,
     ),
@@ -539,6 +570,8 @@ ROWS: list[Row] = [
             "delete": "403 forbidden",
             "remove": "403 forbidden",
             "ws": "close 4429",
+            "monitoring": "403 forbidden",
+            "monitor": "close 4429",
         },
         prepare=_user_connections_used_up,
     ),
@@ -552,6 +585,8 @@ ROWS: list[Row] = [
             "delete": "200",
             "remove": "200",
             "ws": "close 4429",
+            "monitoring": "200",
+            "monitor": "close 4429",
         },
         prepare=_room_connections_used_up,
     ),
@@ -572,6 +607,8 @@ def _http(cell: Cell, column: str, code: str, bearer: str | None) -> str:
         response = http.get(f"{base}/api/room/{code}", headers=headers)
     elif column == "delete":
         response = http.delete(f"{base}/api/room/{code}", headers=headers)
+    elif column == "monitoring":
+        response = http.get(f"{base}/api/room/{code}/monitoring", headers=headers)
     else:
         response = http.delete(f"{base}/api/room/{code}/members/{cell.candidate}", headers=headers)
     assert "Traceback" not in response.text
@@ -588,6 +625,8 @@ def _http(cell: Cell, column: str, code: str, bearer: str | None) -> str:
         assert body["status"] == "success", body
     if column == "join":
         return f"200 {body['role']}"
+    if column == "monitoring":
+        assert isinstance(body["monitoring_incidents"], list) and isinstance(body["total_keystrokes"], int)
     if column == "get":
         return f"200 {body['room_status']}"
     return "200"
@@ -608,6 +647,33 @@ def _ws(cell: Cell, code: str, bearer: str | None) -> str:
         conn.close()
 
 
+def _monitor(cell: Cell, code: str, bearer: str | None) -> str:
+    """Open the caller's socket and send a focus loss: 'stored' when the room's interviewer then sees it,
+    'error <code>' when the socket answers with an error (and stays open), else the close code."""
+    query = f"?token={bearer}" if bearer is not None else ""
+    conn = connect(f"{cell.replica.ws}/ws/{code}{query}", open_timeout=10, legacy=True)
+    try:
+        with contextlib.suppress(ConnectionClosed):
+            while json.loads(conn.recv(timeout=10))["type"] != "room_state":
+                pass
+            conn.send(json.dumps({"type": "window_focus_lost", "duration": 2.5}))
+            conn.send(json.dumps({"type": "ping"}))
+            errors = []
+            while (frame := json.loads(conn.recv(timeout=10)))["type"] != "pong":
+                if frame["type"] == "error":
+                    errors.append(frame["code"])
+            if errors:
+                return " ".join(f"error {error}" for error in errors)
+            report = cell.http.get(
+                f"{cell.replica.http}/api/room/{cell.code}/monitoring",
+                headers=cell.headers(cell.token(cell.interviewer)),
+            ).json()
+            return "stored" if report["total_incidents"] == 1 else f"not stored: {report}"
+        return f"close {conn.close_code}"
+    finally:
+        conn.close()
+
+
 def run_cell(cell: Cell, row: Row, column: str) -> str:
     if row.bad_token is not None:
         bearer, code = row.bad_token(cell.kind, cell.keys), cell.code
@@ -615,7 +681,11 @@ def run_cell(cell: Cell, row: Row, column: str) -> str:
         assert row.prepare is not None
         user, code = row.prepare(cell)
         bearer = cell.token(user)
-    return _ws(cell, code, bearer) if column == "ws" else _http(cell, column, code, bearer)
+    if column == "ws":
+        return _ws(cell, code, bearer)
+    if column == "monitor":
+        return _monitor(cell, code, bearer)
+    return _http(cell, column, code, bearer)
 
 
 # --- fixtures and the test ----------------------------------------------------------------------
@@ -695,7 +765,10 @@ def render_matrix() -> str:
         "`RELAY_REGENERATE_DOCS=1 python -m pytest tests/test_authz_matrix.py`.",
         "",
         "HTTP cells give the status and the error `code` (for joins the role, for reads the room status);",
-        "WebSocket cells give the close code, or `room_state` when the socket is accepted. Tokens travel as",
+        "WebSocket cells give the close code, or `room_state` when the socket is accepted. The",
+        "`WS window_focus_lost` column opens the caller's socket and sends a candidate monitoring frame:",
+        "`stored` when the room's interviewer then finds it in the monitoring data, `error <code>` when the",
+        "socket answers with an error frame (and stays open), or the close code. Tokens travel as",
         "`Authorization: Bearer` on HTTP and `?token=` on the WebSocket. Every cell runs on a fresh room whose",
         "candidate is the target of the member-removal column, from a client address of its own.",
         "The replicas run with small limits so that a row reaches each: "
@@ -724,6 +797,9 @@ def render_matrix() -> str:
         "  join-failure limit is for: it counts joins of unknown rooms per user and per client address, and",
         "  refuses every join (even of a real room) past the limit.",
         "- 429 answers carry `Retry-After`; the test checks it on every 429 cell.",
+        "- Monitoring data is the room's interviewers' only, and stays readable by them once the room is",
+        "  closed (until it expires). Monitoring frames count only from the room's candidates; an",
+        "  interviewer's is answered with `error forbidden` on a socket that stays open.",
         "",
     ]
     return "\n".join(lines)
