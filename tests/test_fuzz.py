@@ -32,11 +32,17 @@ from relay.protocol import (
     CLIENT_MSG_ID,
     CLIENT_TYPES,
     MAX_CURSOR_BYTES,
+    MAX_FOCUS_LOST_SECONDS,
+    MAX_KEY_CHARS,
+    MAX_KEY_COMBINATION_CHARS,
+    MAX_MONITORING_FRAME_CHARS,
     MAX_TOKEN_CHARS,
     CursorUpdate,
     EditorUpdate,
+    KeystrokeMonitoring,
     Ping,
     RefreshToken,
+    WindowFocusLost,
     parse_client_frame,
 )
 from tests.security_support import (
@@ -101,7 +107,9 @@ def check_parse(text: str) -> object:
     except RelayError as error:
         assert error.code in FRAME_ERROR_CODES and error.message, error
         return error
-    assert isinstance(frame, EditorUpdate | CursorUpdate | Ping | RefreshToken)
+    assert isinstance(
+        frame, EditorUpdate | CursorUpdate | Ping | RefreshToken | WindowFocusLost | KeystrokeMonitoring
+    )
     return frame
 
 
@@ -130,6 +138,10 @@ frame_objects = st.fixed_dictionaries(
         "user_id": json_values,
         "seq": json_values,
         "token": st.text(any_char) | json_values,
+        "duration": st.floats() | json_values,
+        "key": st.text(any_char, max_size=40) | json_values,
+        "key_combination": st.text(any_char, max_size=70) | json_values,
+        "is_suspicious": json_values,
     },
 )
 PARSER = settings(max_examples=400, deadline=None)
@@ -197,6 +209,46 @@ def test_document_limit_counts_utf8_bytes(content: str, limit: int) -> None:
         assert error.code == "too_large" and size > limit
     else:
         assert isinstance(frame, EditorUpdate) and size <= limit
+
+
+@PARSER
+@given(
+    duration=st.floats(0, MAX_FOCUS_LOST_SECONDS) | st.integers(0, int(MAX_FOCUS_LOST_SECONDS)),
+    key=st.text(
+        st.characters(categories=["L", "N", "P", "S"], include_characters=" "),
+        min_size=1,
+        max_size=MAX_KEY_CHARS,
+    ),
+    combination=st.text(st.characters(categories=["L", "N", "P", "S"]), max_size=MAX_KEY_COMBINATION_CHARS),
+    suspicious=st.booleans(),
+    spoof=st.dictionaries(
+        st.sampled_from(["user_id", "user_name", "timestamp"]), st.none() | st.integers() | st.text()
+    ),
+)
+def test_valid_monitoring_frames_round_trip(
+    duration: float, key: str, combination: str, suspicious: bool, spoof: dict[str, Any]
+) -> None:
+    """Well-formed monitoring frames parse to exactly their values (spoofed identity fields are dropped),
+    unless the whole frame is past the monitoring frame limit."""
+    focus = json.dumps({"type": "window_focus_lost", "duration": duration, **spoof})
+    keys = json.dumps(
+        {
+            "type": "keystroke_monitoring",
+            "key": key,
+            "key_combination": combination,
+            "is_suspicious": suspicious,
+        }
+        | spoof
+    )
+    for text, expected in (
+        (focus, WindowFocusLost(float(duration))),
+        (keys, KeystrokeMonitoring(key, combination, suspicious)),
+    ):
+        result = check_parse(text)
+        if len(text) > MAX_MONITORING_FRAME_CHARS:
+            assert isinstance(result, RelayError) and result.code == "too_large"
+        else:
+            assert result == expected
 
 
 # --- 2. HTTP bodies against a live replica, property-based ---------------------------------------
@@ -552,6 +604,53 @@ def _refresh_token_wrong(rng: random.Random) -> tuple[str, str | bytes]:
     return _obj(frame)
 
 
+def _monitoring_wrong(rng: random.Random) -> tuple[str, str | bytes]:
+    """Monitoring frames with a wrong, missing or oversized field (the fuzzer is the room's candidate)."""
+    if rng.random() < 0.35:
+        frame: dict[str, Any] = {"type": "window_focus_lost", "user_id": "ana"}
+        duration: Any = rng.choice(
+            ["missing", None, "3", True, False, -0.001, -1, MAX_FOCUS_LOST_SECONDS + 1, 1e308, [], {"s": 1}]
+        )
+        if duration != "missing":
+            frame["duration"] = duration
+        return _obj(frame)
+    frame = {"type": "keystroke_monitoring", "key": "v", "key_combination": "Ctrl+V", "is_suspicious": True}
+    field_name = rng.choice(["key", "key_combination", "is_suspicious", "padding"])
+    if field_name == "padding":  # a valid frame past the monitoring frame limit
+        frame["user_name"] = "x" * rng.randint(MAX_MONITORING_FRAME_CHARS, 4 * MAX_MONITORING_FRAME_CHARS)
+        return _obj(frame)
+    wrong: list[Any] = [None, 0, 1.5, [], {}, "missing"]
+    if field_name == "is_suspicious":
+        wrong += ["true", 1, 0]
+    else:
+        limit = MAX_KEY_CHARS if field_name == "key" else MAX_KEY_COMBINATION_CHARS
+        wrong += ["k" * (limit + 1), "Ctrl+\n", "\t", "\u0000", "a\u200bb", "\ud800"]
+        if field_name == "key":
+            wrong.append("")
+    value = rng.choice(wrong)
+    if value == "missing":
+        del frame[field_name]
+        return _obj(frame)
+    frame[field_name] = value  # control characters, a zero-width space, a lone surrogate: JSON escapes
+    return _obj(frame)
+
+
+def _monitoring_valid(rng: random.Random) -> tuple[str, str | bytes]:
+    """Well-formed monitoring frames with a spoofed identity: accepted silently (the fuzzer is a candidate)."""
+    if rng.random() < 0.5:
+        return _obj({"type": "window_focus_lost", "duration": rng.uniform(1, 60), "user_id": "ana"})
+    suspicious = rng.random() < 0.5
+    return _obj(
+        {
+            "type": "keystroke_monitoring",
+            "key": rng.choice("abcxyz"),
+            "key_combination": "Ctrl+V" if suspicious else rng.choice("abcxyz"),
+            "is_suspicious": suspicious,
+            "user_name": "Ana (spoofed)",
+        }
+    )
+
+
 def _valid(rng: random.Random) -> tuple[str, str | bytes]:
     choice = rng.random()
     if choice < 0.5:
@@ -667,6 +766,22 @@ CATEGORIES = [
         False,
     ),
     Category(
+        "monitoring_wrong",
+        "window_focus_lost / keystroke_monitoring with a field missing, of the wrong type, out of range, "
+        "too long, with control characters or lone surrogates, or the frame over 2,048 characters",
+        200,
+        _monitoring_wrong,
+        True,
+    ),
+    # At most the monitoring burst (20), so that none of them can meet the monitoring rate limit.
+    Category(
+        "monitoring_valid",
+        "well-formed monitoring frames from the room's candidate, with a spoofed identity",
+        20,
+        _monitoring_valid,
+        False,
+    ),
+    Category(
         "valid", "well-formed edits (with a spoofed user_id), cursors and pings, mixed in", 70, _valid, False
     ),
 ]
@@ -688,6 +803,7 @@ class FuzzRun:
     refused_without_error: list[str] = field(default_factory=list)
     closers: dict[str, str] = field(default_factory=dict)
     fuzzer_acked: list[int] = field(default_factory=list)
+    alerts_expected: int = 0  # focus losses and suspicious key presses the fuzzer got accepted
 
 
 def _send(conn: Any, kind: str, payload: str | bytes) -> None:
@@ -743,6 +859,9 @@ def fuzz_run(fuzz_replica: Replica, room_members: tuple[str, Listener, Listener]
         if cat.always_refused and not outcome.startswith("error "):
             run.refused_without_error.append(f"{cat.name}: {payload[:100]!r} -> {outcome}")
         run.fuzzer_acked += [a["seq"] for a in answers if a["type"] == "ack"]
+        if cat.name == "monitoring_valid" and outcome == "accepted, no reply":
+            sent = json.loads(payload)
+            run.alerts_expected += sent["type"] == "window_focus_lost" or sent.get("is_suspicious") is True
     # The socket is still open and answering after every input.
     fuzzer.send({"type": "ping"})
     assert fuzzer.recv_type("pong", timeout=10)
@@ -829,6 +948,12 @@ def test_room_still_works_for_everyone_after_the_fuzz(
     state = late.recv_type("room_state")
     assert state["seq"] == last + 2 and state["content"] == "still here"
     late.close()
+    # Ana (the interviewer) got one alert per accepted focus loss / suspicious key press, before her own
+    # ack above; Ben (a candidate) none. Every alert names the fuzzer, whatever the frame claimed.
+    alerts = [f for f in ana.frames if f["type"] == "candidate_monitoring_alert"]
+    assert fuzz_run.alerts_expected and len(alerts) == fuzz_run.alerts_expected
+    assert {(a["user_id"], a["user_name"]) for a in alerts} == {("fuzzer", "Fuzzer")}
+    assert not [f for f in ben.frames if f["type"] == "candidate_monitoring_alert"]
 
 
 # --- 4. room codes in every bad shape, in URLs and bodies ----------------------------------------
