@@ -47,6 +47,14 @@ def room_of_two(client: TestClient) -> str:
     return code
 
 
+@contextlib.contextmanager
+def connected(client: TestClient, code: str, user_token: str) -> Iterator[WebSocketTestSession]:
+    """This user's socket in the room, past its room_state."""
+    with client.websocket_connect(f"/ws/{code}?token={user_token}") as ws:
+        recv_type(ws, "room_state")
+        yield ws
+
+
 def recv(ws: WebSocketTestSession) -> dict[str, Any]:
     frame: dict[str, Any] = ws.receive_json()
     return frame

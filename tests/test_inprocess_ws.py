@@ -16,6 +16,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from tests.inprocess import (
     closed,
+    connected,
     frames_until,
     join_room,
     recv,
@@ -111,8 +112,7 @@ def test_closed_room_and_removed_member_are_refused(client: TestClient) -> None:
 def test_too_many_sockets_of_one_user_are_refused_with_4429() -> None:
     with relay_client(RELAY_MAX_CONNECTIONS_PER_USER="1") as client:
         code = room_of_two(client)
-        with client.websocket_connect(f"/ws/{code}?token={token('bob')}") as first:
-            recv_type(first, "room_state")
+        with connected(client, code, token("bob")) as first:
             error, close_code, _ = refused(client, f"/ws/{code}?token={token('bob')}")
             assert (close_code, error["code"]) == (4429, "rate_limited")
             still_open(first)
@@ -139,11 +139,9 @@ def test_a_refused_origin_gets_http_403_before_the_upgrade() -> None:
 def test_an_edit_is_acknowledged_to_its_sender_and_relayed_to_the_others(client: TestClient) -> None:
     code = room_of_two(client)
     with (
-        client.websocket_connect(f"/ws/{code}?token={token('alice', name='Alice')}") as alice,
-        client.websocket_connect(f"/ws/{code}?token={token('bob')}") as bob,
+        connected(client, code, token("alice", name="Alice")) as alice,
+        connected(client, code, token("bob")) as bob,
     ):
-        recv_type(alice, "room_state")
-        recv_type(bob, "room_state")
         alice.send_json(
             {
                 "type": "editor_update",
@@ -180,11 +178,9 @@ def test_an_edit_is_acknowledged_to_its_sender_and_relayed_to_the_others(client:
 def test_cursors_reach_the_others_unsequenced_and_late_joiners_see_the_latest(client: TestClient) -> None:
     code = room_of_two(client)
     with (
-        client.websocket_connect(f"/ws/{code}?token={token('alice')}") as alice,
-        client.websocket_connect(f"/ws/{code}?token={token('bob')}") as bob,
+        connected(client, code, token("alice")) as alice,
+        connected(client, code, token("bob")) as bob,
     ):
-        recv_type(alice, "room_state")
-        recv_type(bob, "room_state")
         alice.send_json({"type": "cursor_update", "cursor_position": {"lineNumber": 3, "column": 1}})
         cursor = recv_type(bob, "cursor_update")
         assert cursor["user_id"] == "alice" and cursor["cursor_position"] == {"lineNumber": 3, "column": 1}
@@ -204,10 +200,8 @@ def test_cursors_reach_the_others_unsequenced_and_late_joiners_see_the_latest(cl
 
 def test_member_joined_and_left_follow_the_first_and_last_socket(client: TestClient) -> None:
     code = room_of_two(client)
-    with client.websocket_connect(f"/ws/{code}?token={token('alice')}") as alice:
-        recv_type(alice, "room_state")
-        with client.websocket_connect(f"/ws/{code}?token={token('bob')}") as bob:
-            recv_type(bob, "room_state")
+    with connected(client, code, token("alice")) as alice:
+        with connected(client, code, token("bob")) as bob:
             joined = recv_type(alice, "member_joined")
             assert (joined["user_id"], joined["role"]) == ("bob", "candidate")
             # Closed from the client side while the session lives: leaving the `with` block would also
@@ -219,16 +213,14 @@ def test_member_joined_and_left_follow_the_first_and_last_socket(client: TestCli
 
 def test_ping_gets_pong(client: TestClient) -> None:
     code = room_of_two(client)
-    with client.websocket_connect(f"/ws/{code}?token={token('bob')}") as ws:
-        recv_type(ws, "room_state")
+    with connected(client, code, token("bob")) as ws:
         ws.send_json({"type": "ping"})
         assert recv_type(ws, "pong") == {"type": "pong"}
 
 
 def test_refresh_token_extends_the_socket_and_another_users_token_closes_it(client: TestClient) -> None:
     code = room_of_two(client)
-    with client.websocket_connect(f"/ws/{code}?token={token('bob')}") as ws:
-        recv_type(ws, "room_state")
+    with connected(client, code, token("bob")) as ws:
         expires_at = int(time.time()) + 7200
         ws.send_json({"type": "refresh_token", "token": token("bob", exp=expires_at)})
         assert recv_type(ws, "token_refreshed")["expires_at"] == expires_at
@@ -270,8 +262,7 @@ def test_a_bad_frame_gets_an_error_frame_and_the_socket_stays_open(
     client: TestClient, frame: str, code: str, part: str
 ) -> None:
     room = room_of_two(client)
-    with client.websocket_connect(f"/ws/{room}?token={token('bob')}") as ws:
-        recv_type(ws, "room_state")
+    with connected(client, room, token("bob")) as ws:
         ws.send_text(frame)
         error = recv_type(ws, "error")
         assert error["code"] == code and part in error["message"], error
@@ -282,8 +273,7 @@ def test_a_bad_frame_gets_an_error_frame_and_the_socket_stays_open(
 
 def test_a_binary_frame_gets_an_error_frame_and_the_socket_stays_open(client: TestClient) -> None:
     room = room_of_two(client)
-    with client.websocket_connect(f"/ws/{room}?token={token('bob')}") as ws:
-        recv_type(ws, "room_state")
+    with connected(client, room, token("bob")) as ws:
         ws.send_bytes(b'{"type": "ping"}')
         error = recv_type(ws, "error")
         assert error["code"] == "bad_frame" and "text" in error["message"]
@@ -293,8 +283,7 @@ def test_a_binary_frame_gets_an_error_frame_and_the_socket_stays_open(client: Te
 def test_a_document_over_the_limit_is_refused_and_the_socket_stays_open() -> None:
     with relay_client(RELAY_MAX_DOCUMENT_BYTES="100") as client:
         room = room_of_two(client)
-        with client.websocket_connect(f"/ws/{room}?token={token('bob')}") as ws:
-            recv_type(ws, "room_state")
+        with connected(client, room, token("bob")) as ws:
             ws.send_json({"type": "editor_update", "content": "x" * 101, "client_msg_id": "big"})
             error = recv_type(ws, "error")
             assert error["code"] == "too_large" and "100" in error["message"]
@@ -304,8 +293,7 @@ def test_a_document_over_the_limit_is_refused_and_the_socket_stays_open() -> Non
 def test_a_frame_over_the_frame_limit_closes_with_1009() -> None:
     with relay_client(RELAY_MAX_FRAME_BYTES="1024", RELAY_MAX_DOCUMENT_BYTES="500") as client:
         room = room_of_two(client)
-        with client.websocket_connect(f"/ws/{room}?token={token('bob')}") as ws:
-            recv_type(ws, "room_state")
+        with connected(client, room, token("bob")) as ws:
             ws.send_json({"type": "editor_update", "content": "x" * 2000})
             frames, close_code, _ = closed(ws)
         assert close_code == 1009
@@ -317,8 +305,7 @@ def test_a_frame_over_the_frame_limit_closes_with_1009() -> None:
 
 def test_resume_with_last_seq_replays_exactly_what_was_missed(client: TestClient) -> None:
     code = room_of_two(client)
-    with client.websocket_connect(f"/ws/{code}?token={token('alice')}") as alice:
-        recv_type(alice, "room_state")
+    with connected(client, code, token("alice")) as alice:
         for n in range(1, 5):
             alice.send_json({"type": "editor_update", "content": f"v{n}"})
             assert recv_type(alice, "ack")["seq"] == n
@@ -341,8 +328,7 @@ def test_resume_with_last_seq_replays_exactly_what_was_missed(client: TestClient
 
 def test_closing_the_room_sends_room_closed_then_4410(client: TestClient) -> None:
     code = room_of_two(client)
-    with client.websocket_connect(f"/ws/{code}?token={token('bob')}") as bob:
-        recv_type(bob, "room_state")
+    with connected(client, code, token("bob")) as bob:
         assert client.delete(f"/api/room/{code}", headers=auth(token("alice"))).status_code == 200
         frames, close_code, _ = closed(bob)
     assert close_code == 4410
@@ -352,8 +338,7 @@ def test_closing_the_room_sends_room_closed_then_4410(client: TestClient) -> Non
 
 def test_removing_a_member_sends_member_removed_then_4403(client: TestClient) -> None:
     code = room_of_two(client)
-    with client.websocket_connect(f"/ws/{code}?token={token('bob')}") as bob:
-        recv_type(bob, "room_state")
+    with connected(client, code, token("bob")) as bob:
         response = client.delete(f"/api/room/{code}/members/bob", headers=auth(token("alice")))
         assert response.status_code == 200
         frames, close_code, _ = closed(bob)
