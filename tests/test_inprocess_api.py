@@ -95,6 +95,7 @@ def test_every_endpoint_refuses_a_missing_or_bad_token_with_401(
         ("GET", f"/api/room/{room}", None),
         ("DELETE", f"/api/room/{room}", None),
         ("DELETE", f"/api/room/{room}/members/someone", None),
+        ("GET", f"/api/room/{room}/monitoring", None),
     ):
         response = client.request(method, path, headers=headers, json=body)
         refusal(response, 401, code, part)
@@ -316,6 +317,30 @@ def test_the_interviewer_removes_a_member(client: TestClient) -> None:
     assert [m["user_id"] for m in members] == ["alice"]
     assert client.delete(f"/api/room/{code}", headers=auth(token("alice"))).status_code == 200
     refusal(client.delete(f"{path}/bob", headers=auth(token("alice"))), 410, "room_closed")
+
+
+# ------------------------------------------------------------------------ GET /api/room/…/monitoring
+
+
+def test_monitoring_is_for_the_rooms_interviewers(client: TestClient) -> None:
+    code = room_of_two(client)
+    response = client.get(f"/api/room/{code}/monitoring", headers=auth(token("alice")))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "success" and body["room_code"] == code
+    assert (body["monitoring_incidents"], body["keystroke_logs"]) == ([], [])
+    assert (body["total_incidents"], body["total_keystrokes"], body["total_suspicious_keystrokes"]) == (
+        0,
+        0,
+        0,
+    )
+    refusal(client.get(f"/api/room/{code}/monitoring", headers=auth(token("bob"))), 403, "forbidden")
+    refusal(client.get(f"/api/room/{code}/monitoring", headers=auth(token("mallory"))), 403, "forbidden")
+    refusal(client.get("/api/room/ZZZZZZ/monitoring", headers=auth(token("alice"))), 404, "room_not_found")
+    refusal(client.get("/api/room/nope/monitoring", headers=auth(token("alice"))), 422, "bad_request")
+    # Still readable once the room is closed.
+    assert client.delete(f"/api/room/{code}", headers=auth(token("alice"))).status_code == 200
+    assert client.get(f"/api/room/{code}/monitoring", headers=auth(token("alice"))).status_code == 200
 
 
 # --------------------------------------------------------------------------- probes and unknown paths

@@ -211,6 +211,25 @@ def test_member_joined_and_left_follow_the_first_and_last_socket(client: TestCli
         assert left["user_id"] == "bob"
 
 
+def test_a_candidates_focus_loss_alerts_the_interviewer_and_an_interviewers_is_refused(
+    client: TestClient,
+) -> None:
+    code = room_of_two(client)
+    with connected(client, code, token("alice")) as alice, connected(client, code, token("bob")) as bob:
+        bob.send_json({"type": "window_focus_lost", "duration": 4})
+        alert = recv_type(alice, "candidate_monitoring_alert")
+        assert (alert["alert_type"], alert["user_id"], alert["duration"]) == ("window_focus_lost", "bob", 4)
+        alice.send_json({"type": "window_focus_lost", "duration": 1})
+        refused = recv_type(alice, "error")
+        assert refused["code"] == "forbidden" and "candidate" in refused["message"]
+        still_open(alice)
+        bob.send_json({"type": "window_focus_lost", "duration": "long"})
+        assert recv_type(bob, "error")["code"] == "bad_frame"
+        still_open(bob)
+    report = client.get(f"/api/room/{code}/monitoring", headers=auth(token("alice"))).json()
+    assert [(i["user_id"], i["duration"]) for i in report["monitoring_incidents"]] == [("bob", 4)]
+
+
 def test_ping_gets_pong(client: TestClient) -> None:
     code = room_of_two(client)
     with connected(client, code, token("bob")) as ws:
