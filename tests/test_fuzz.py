@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -187,7 +187,11 @@ def test_valid_editor_update_round_trips(
         obj["cursor_position"] = cursor
     if msg_id is not None:
         obj["client_msg_id"] = msg_id
-    result = check_parse(json.dumps(obj, ensure_ascii=ascii_only))
+    text = json.dumps(obj, ensure_ascii=ascii_only)
+    # A lone surrogate in a spoofed field cannot travel raw in a text frame (UTF-8 only), escaped it can:
+    # the raw case is not a valid editor_update, and test_parser_takes_any_text covers it.
+    assume(not any("\ud800" <= char <= "\udfff" for char in text))
+    result = check_parse(text)
     if cursor is not None and len(orjson.dumps(cursor)) > MAX_CURSOR_BYTES:
         assert isinstance(result, RelayError)
         return
