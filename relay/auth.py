@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 
-from relay.config import DEV_JWT_SECRET, Settings
+from relay.config import Settings
 from relay.errors import TokenExpired, Unauthorized, Unavailable
 
 logger = logging.getLogger("relay.auth")
@@ -41,9 +41,6 @@ class Identity:
     email: str | None
     is_interviewer: bool
     expires_at: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "user_name": self.user_name}
 
 
 class JwksCache:
@@ -100,7 +97,6 @@ class Authenticator:
         self._jwks = (
             JwksCache(settings.jwks_url, settings.jwks_min_refresh_seconds) if settings.jwks_url else None
         )
-        self.uses_dev_secret = settings.jwt_secret == DEV_JWT_SECRET
 
     @property
     def algorithms(self) -> frozenset[str]:

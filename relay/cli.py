@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from relay.config import DEV_JWT_SECRET, ConfigError, Settings, read_env_file
+from relay.config import DEV_JWT_SECRET, ConfigError, Settings, own_settings, read_env_file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # Validate once, with the flags applied: `relay serve --dev` on a machine with no settings at
         # all must start (the flags are what makes that configuration valid).
-        file_values = read_env_file(Path(args.env_file)) if args.env_file else {}
+        file_values = own_settings(read_env_file(Path(args.env_file))) if args.env_file else {}
         settings = Settings.from_environ(
             {**file_values, **os.environ, **flags}, env_file=_default_env_file(args)
         )

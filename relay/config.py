@@ -171,8 +171,6 @@ class Settings:
     max_document_bytes: int = 200 * 1024
     shutdown_grace: float = 20.0
 
-    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
-
     @property
     def is_embedded(self) -> bool:
         """True when there is no REDIS_URL: one process, with an in-process store."""
@@ -276,7 +274,6 @@ class Settings:
             max_frame_bytes=reader.integer("RELAY_MAX_FRAME_BYTES", cls.max_frame_bytes, minimum=1024),
             max_document_bytes=reader.integer("RELAY_MAX_DOCUMENT_BYTES", cls.max_document_bytes, minimum=1),
             shutdown_grace=reader.number("RELAY_SHUTDOWN_GRACE", cls.shutdown_grace, minimum=0),
-            extra=dict(env),
         )
         settings.check()
         return settings
@@ -325,6 +322,20 @@ class Settings:
                 "RELAY_CREATE_REQUIRES_INTERVIEWER=true needs RELAY_INTERVIEWER_CLAIM "
                 "(e.g. app_metadata.role=interviewer)"
             )
+
+
+# The environment names relay reads (and uvicorn's FORWARDED_ALLOW_IPS, which README documents): all an
+# env file may hand on to the worker processes. Anything else in the file (other services' secrets)
+# stays out of the process environment.
+_OWN_PREFIXES = ("RELAY_", "SUPABASE_")
+_OWN_NAMES = frozenset({"HOST", "PORT", "REDIS_URL", "FORWARDED_ALLOW_IPS"})
+
+
+def own_settings(values: Mapping[str, str]) -> dict[str, str]:
+    """The entries of `values` that are relay's settings."""
+    return {
+        name: value for name, value in values.items() if name.startswith(_OWN_PREFIXES) or name in _OWN_NAMES
+    }
 
 
 def read_env_file(path: Path) -> dict[str, str]:

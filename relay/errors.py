@@ -111,14 +111,6 @@ class MemberRemoved(Forbidden):
     code = "member_removed"
 
 
-class ResumeInvalid(RelayError):
-    """A resume point the room has never reached: the client's state is from another room or corrupt."""
-
-    code = "resume_invalid"
-    http_status = 409
-    close_code = 4409
-
-
 class Unavailable(RelayError):
     """Redis is unreachable or the replica is draining: retry, possibly on another replica."""
 

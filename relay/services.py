@@ -22,7 +22,3 @@ class Services:
     hub: Hub
     replica_id: str
     is_draining: bool = False
-
-    @property
-    def is_ready(self) -> bool:
-        return self.bus.has_redis and not self.is_draining

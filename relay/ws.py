@@ -44,6 +44,7 @@ from relay.protocol import (
     PONG_FRAME,
     REASON_HISTORY_EXPIRED,
     REASON_RESUME_INVALID,
+    ClientFrame,
     CursorUpdate,
     EditorUpdate,
     KeystrokeMonitoring,
@@ -263,6 +264,7 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
     flood = _FloodWatch(limit=settings.rate_burst)
     monitoring_bucket = TokenBucket(MONITORING_RATE_PER_SECOND, MONITORING_BURST)
     last_rate_notice = last_monitoring_notice = 0.0
+    frame: ClientFrame | RelayError | None
     while True:
         # Drop the previous frame before waiting: an idle socket must not pin its last document.
         message = text = frame = None
@@ -279,11 +281,11 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
         if len(text) > settings.max_frame_bytes:
             connection.kick(TooLarge(f"frame exceeds {settings.max_frame_bytes} bytes"))
             return
+        # A frame that fails validation still counts against the rate limit, so it is kept as its refusal.
         try:
             frame = parse_client_frame(text, max_document_bytes=settings.max_document_bytes)
-        except RelayError as error:
-            frame = None
-            refusal = error
+        except RelayError as refusal:
+            frame = refusal
         if not bucket.take():
             if flood.dropped():
                 connection.kick(RateLimited("kept sending faster than the rate limit"))
@@ -301,9 +303,10 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                     )
                 )
             continue
-        if frame is None:
-            connection.offer(_error(refusal.code, refusal.message))
+        if isinstance(frame, RelayError):
+            connection.offer(_error(frame.code, frame.message))
             continue
+        assert frame is not None  # parsed, or refused just above
         _RECEIVED[type(frame)].inc()
         if isinstance(frame, EditorUpdate):
             try:

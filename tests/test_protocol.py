@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from relay.config import ConfigError, InterviewerClaim, Settings
+from relay.config import ConfigError, InterviewerClaim, Settings, own_settings
 from relay.errors import BadFrame, BadRequest, TooLarge
 from relay.keys import CODE_PATTERN, RoomKeys, code_of_channel, new_code, normalize_code
 from relay.protocol import CursorUpdate, EditorUpdate, Envelope, Ping, ack_frame, parse_client_frame
@@ -14,10 +16,9 @@ def parse(text: str) -> object:
     return parse_client_frame(text, max_document_bytes=100)
 
 
-def test_editor_update_keeps_content_verbatim_and_drops_claimed_identity() -> None:
-    frame = parse(
-        '{"type":"editor_update","content":"a\\u0000\\n\\ud83d\\ude00","user_id":"x","cursor_position":{"l":1}}'
-    )
+def test_editor_update_keeps_content_verbatim() -> None:
+    # Identity claimed in a frame is replaced by the token's: tests/test_store.py checks what is stored.
+    frame = parse('{"type":"editor_update","content":"a\\u0000\\n\\ud83d\\ude00","cursor_position":{"l":1}}')
     assert frame == EditorUpdate(content="a\x00\n\U0001f600", cursor_position={"l": 1}, client_msg_id=None)
 
 
@@ -110,3 +111,21 @@ def test_settings_defaults_and_errors() -> None:
         Settings.from_environ(
             {"SUPABASE_URL": "https://ref.supabase.co/", "RELAY_CREATE_REQUIRES_INTERVIEWER": "true"}
         )
+
+
+def test_settings_keep_only_relays_own_values() -> None:
+    environ = {"RELAY_DEV_MODE": "true", "AWS_SECRET_ACCESS_KEY": "s3cr3t-of-another-service"}
+    settings = Settings.from_environ(environ)
+    assert "s3cr3t" not in repr(dataclasses.astuple(settings))
+    values = {
+        "RELAY_ROOM_TTL": "60",
+        "SUPABASE_URL": "https://ref.supabase.co",
+        "REDIS_URL": "redis://r:6379",
+        "PORT": "9000",
+        "FORWARDED_ALLOW_IPS": "10.0.0.1",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+        "PATH": "/usr/bin",
+    }
+    assert own_settings(values) == {
+        key: value for key, value in values.items() if key not in ("AWS_SECRET_ACCESS_KEY", "PATH")
+    }

@@ -68,7 +68,8 @@ def test_scripts_publish_and_keep_what_protocol_builds() -> None:
         listener = asyncio.create_task(published(redis, channel, 2))
         await asyncio.sleep(0.05)
         edit = parse_client_frame(
-            '{"type":"editor_update","content":"a|b\\u00e9","client_msg_id":"m-1","cursor_position":[1]}',
+            '{"type":"editor_update","content":"a|b\\u00e9","client_msg_id":"m-1","cursor_position":[1],'
+            '"user_id":"mallory","user_name":"Mallory"}',
             max_document_bytes=1000,
         )
         assert isinstance(edit, EditorUpdate)
