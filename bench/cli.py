@@ -69,7 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     measure.add_argument(
         "--server-pid", type=int, action="append", default=[], help="server pid to measure (repeatable)"
     )
-    measure.add_argument("--redis-pid", type=int, default=None, help="redis-server pid to measure")
+    measure.add_argument(
+        "--redis-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="redis-server pid to measure (repeatable: every node of a Redis Cluster)",
+    )
     measure.add_argument(
         "--start",
         choices=("baseline", "relay"),
@@ -236,19 +242,19 @@ def _run_all(
                 load,
                 args,
                 server_pids=args.server_pid,
-                redis_pid=args.redis_pid,
+                redis_pids=args.redis_pid,
                 progress=progress,
             )
         )
         return
     kinds = ["relay", "baseline"] if args.compare_baseline else [args.start]
     groups = [servers.start(kind, args.replicas) for kind in kinds]
-    redis_pid = servers.redis.pid if servers.redis else None
+    redis_pids = [servers.redis.pid] if servers.redis and servers.redis.pid is not None else []
     for kind, group in zip(kinds, groups, strict=True):
         pids = [r.pid for r in group if r.pid is not None]
         urls = [f"http://127.0.0.1:{r.port}" for r in group]
         runs.append(
-            run_workload(kind, urls, load, args, server_pids=pids, redis_pid=redis_pid, progress=progress)
+            run_workload(kind, urls, load, args, server_pids=pids, redis_pids=redis_pids, progress=progress)
         )
 
 

@@ -28,7 +28,7 @@ def run_workload(
     args: argparse.Namespace,
     *,
     server_pids: Sequence[int],
-    redis_pid: int | None,
+    redis_pids: Sequence[int],
     progress: Progress,
 ) -> dict[str, Any]:
     """One measured run against the replicas at urls; returns the figures as a JSON-able dict."""
@@ -144,11 +144,11 @@ def run_workload(
 
             pump(measure_start / NS, status)
             cpu0 = cpu_seconds(server_pids) if server_pids else 0.0
-            redis0 = cpu_seconds([redis_pid]) if redis_pid else 0.0
+            redis0 = cpu_seconds(redis_pids) if redis_pids else 0.0
             busy0 = machine_busy_seconds()
             pump(measure_end / NS, status)
             cpu1 = cpu_seconds(server_pids) if server_pids else 0.0
-            redis1 = cpu_seconds([redis_pid]) if redis_pid else 0.0
+            redis1 = cpu_seconds(redis_pids) if redis_pids else 0.0
             busy1 = machine_busy_seconds()
             rss = rss_bytes(server_pids) if server_pids else 0
             pump(time.time() + load.drain + 60, status, lambda: len(results) == procs)
@@ -161,7 +161,7 @@ def run_workload(
                 figures["server_cpu_percent"] = (cpu1 - cpu0) / load.duration * 100
                 figures["server_cpu_us_per_msg"] = (cpu1 - cpu0) * 1e6 / delivered if delivered else None
                 figures["server_rss_mb"] = rss / 2**20
-            if redis_pid:
+            if redis_pids:
                 figures["redis_cpu_percent"] = (redis1 - redis0) / load.duration * 100
                 figures["redis_cpu_us_per_msg"] = (redis1 - redis0) * 1e6 / delivered if delivered else None
             # What the rest of the machine took meanwhile: a figure measured on a busy machine says so.

@@ -441,7 +441,7 @@ class Rooms:
         await self._run(
             self._cursor,
             keys=keys.all,
-            args=[identity.user_id, cursor.cursor_json, envelope, keys.channel],
+            args=[identity.user_id, cursor.cursor_json, envelope, keys.channel, self._settings.room_ttl],
         )
 
     @redis_unavailable_is_503

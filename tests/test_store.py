@@ -20,6 +20,7 @@ from relay.protocol import (
     KIND_CLOSE,
     KIND_EVENT,
     NO_ORIGIN,
+    CursorUpdate,
     EditorUpdate,
     Envelope,
     member_left_frame,
@@ -143,5 +144,41 @@ def test_a_swept_presence_entry_publishes_protocols_member_left() -> None:
         left = next(e for e in envelopes if orjson.loads(e.frame)["type"] == "member_left")
         assert (left.kind, left.origin, left.seq, left.msg_id) == (KIND_EVENT, NO_ORIGIN, 0, None)
         assert orjson.loads(left.frame) == orjson.loads(member_left_frame("bob/1", left.ts))
+
+    run(scenario)
+
+
+def test_every_key_the_hot_path_writes_expires() -> None:
+    """A room whose first cursor or edit creates the cursors, acks and events keys: each of them gets a
+    TTL at once (before, a room's first cursor_update left a cursors hash that never expired), and an
+    edit does not rewrite every key's TTL while the room's is fresh."""
+
+    async def scenario(redis: fakeredis.FakeAsyncRedis, rooms: Rooms) -> None:
+        room = await rooms.create(ALICE)
+        await rooms.join(room.code, BOB)
+        keys = RoomKeys.of(room.code)
+        cursor = parse_client_frame('{"type":"cursor_update","cursor_position":[3]}', max_document_bytes=100)
+        assert isinstance(cursor, CursorUpdate)
+        await rooms.publish_cursor(room.code, BOB, cursor, "conn1")
+        assert 0 < await redis.ttl(keys.cursors) <= 24 * 3600
+        await redis.expire(keys.members, 1000)  # fresh room TTL: an edit leaves other keys' TTLs alone
+        edit = parse_client_frame(
+            '{"type":"editor_update","content":"x","client_msg_id":"m1"}', max_document_bytes=100
+        )
+        assert isinstance(edit, EditorUpdate)
+        await rooms.append_edit(room.code, BOB, edit, "conn1")
+        for key in (keys.room, keys.cursors, keys.acks, keys.events):
+            assert 0 < await redis.ttl(key) <= 24 * 3600, key
+        assert await redis.ttl(keys.members) <= 1000
+        await redis.expire(keys.room, 100)  # the room's TTL fell: the next edit refreshes every key
+        await rooms.append_edit(room.code, BOB, parse_edit("m2"), "conn1")
+        assert await redis.ttl(keys.members) > 1000
+
+    def parse_edit(msg_id: str) -> EditorUpdate:
+        frame = parse_client_frame(
+            f'{{"type":"editor_update","content":"y","client_msg_id":"{msg_id}"}}', max_document_bytes=100
+        )
+        assert isinstance(frame, EditorUpdate)
+        return frame
 
     run(scenario)

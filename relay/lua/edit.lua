@@ -14,9 +14,16 @@ if ARGV[4] ~= '' then
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'content', ARGV[2], 'updated_at', ARGV[5])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[3]) end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[4] .. ' ' .. seq) end
+-- Keys this edit may have created (a new field can mean a new hash; seq 1 starts the stream): they
+-- need a TTL now if keep_alive does not refresh everything.
+local created = {}
+if ARGV[3] ~= '' and redis.call('HSET', KEYS[3], ARGV[1], ARGV[3]) == 1 then table.insert(created, 3) end
+if ARGV[4] ~= '' and redis.call('HSET', KEYS[6], ARGV[1], ARGV[4] .. ' ' .. seq) == 1 then
+  table.insert(created, 6)
+end
+if seq == 1 then table.insert(created, 5) end
 record_sequenced(seq, 10, ARGV[9], ARGV[7])
-redis.call('XTRIM', KEYS[5], 'MINID', '~', ARGV[8])
-touch(ARGV[6])
+-- XADD trims by count on every event; the age bound can lag by 64 events.
+if seq % 64 == 0 then redis.call('XTRIM', KEYS[5], 'MINID', '~', ARGV[8]) end
+keep_alive(ARGV[6], unpack(created))
 return {'ok', seq}

@@ -6,6 +6,17 @@
 local function touch(ttl)
   for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
 end
+-- touch() for the hot path: a TTL refresh costs one EXPIRE per key, so refresh them all only when the
+-- room's TTL fell by more than a minute (a hundredth of a shorter TTL). Keys the caller may have just
+-- created (their KEYS indexes) get a TTL at once, only if they have none (NX).
+local function keep_alive(ttl, ...)
+  ttl = tonumber(ttl)
+  if redis.call('TTL', KEYS[1]) < ttl - math.min(60, ttl / 100) then
+    touch(ttl)
+    return
+  end
+  for _, index in ipairs({...}) do redis.call('EXPIRE', KEYS[index], ttl, 'NX') end
+end
 local function user_of(entry)
   return string.match(entry, '^(.*)\t')
 end
