@@ -564,3 +564,14 @@ def test_image_healthcheck_passes_on_a_live_relay_and_fails_without_one() -> Non
     finally:
         replica.stop()
     assert _run_healthcheck(replica.port) != 0, "the health check passed with relay stopped"
+
+
+def test_redis_cluster_component_is_a_valid_production_configuration() -> None:
+    """k8s/optional/redis-cluster's ConfigMap patch over the base ConfigMap: relay starts in cluster mode
+    (.ci/deploy-checks renders and validates the whole variant with kubectl kustomize)."""
+    component = load_docs(K8S / "optional" / "redis-cluster" / "kustomization.yaml")[0]
+    (patch,) = [p["patch"] for p in component["patches"] if p["target"]["kind"] == "ConfigMap"]
+    data = yaml.safe_load(patch)["data"]
+    settings = Settings.from_environ({**configmap_environ(), **data, **STAND_IN_SECRET})
+    assert settings.redis_cluster
+    assert settings.redis_wait_replicas == int(data["RELAY_REDIS_WAIT_REPLICAS"])
