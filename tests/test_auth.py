@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -232,6 +233,7 @@ def test_jwks_is_fetched_once_and_refreshed_for_a_new_kid_at_most_per_cooldown(
         )
     before = jwks.fetches
     time.sleep(1.1)  # RELAY_JWKS_MIN_REFRESH=1 in this replica
+    started = time.monotonic()
     for n in range(20):
         response = httpx.post(
             f"{prod_replica.http}/api/create-room",
@@ -240,4 +242,7 @@ def test_jwks_is_fetched_once_and_refreshed_for_a_new_kid_at_most_per_cooldown(
             timeout=10,
         )
         assert response.status_code == 401
-    assert jwks.fetches - before <= 2
+    # At most one fetch per cooldown second that the burst lasted (a loaded machine makes it last longer),
+    # where a fetch per unknown kid would be 20.
+    cooldowns = math.ceil(time.monotonic() - started)
+    assert jwks.fetches - before <= 1 + cooldowns < 20
