@@ -9,9 +9,11 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,7 +24,7 @@ from relay import api, lifecycle, logs, page
 from relay.auth import Authenticator
 from relay.bus import Bus, PubSubBus
 from relay.cluster import ClusterBus, ClusterConfig, ShardedScripts, Topology
-from relay.config import Settings
+from relay.config import MultiNodeURL, Settings
 from relay.hub import Hub
 from relay.limits import Quotas
 from relay.origins import cors_origins
@@ -42,6 +44,8 @@ def make_redis(settings: Settings) -> tuple[aioredis.Redis, aioredis.Redis]:
 
         embedded = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         return embedded, embedded
+    if settings.redis_sentinel:
+        return _sentinel_clients(MultiNodeURL.parse(settings.redis_url))
     # A blocking pool: a burst waits for a free connection instead of failing with
     # "Too many connections" or opening hundreds of sockets.
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -67,6 +71,32 @@ def make_redis(settings: Settings) -> tuple[aioredis.Redis, aioredis.Redis]:
         retry=Retry(NoBackoff(), 0),
     )
     return aioredis.Redis(connection_pool=pool), aioredis.Redis(connection_pool=pubsub_pool)
+
+
+def _sentinel_clients(url: MultiNodeURL) -> tuple[aioredis.Redis, aioredis.Redis]:
+    """Clients of the primary that the sentinels name: after a failover, the next connection goes to the
+    promoted replica (redis-py asks the sentinels again), while connections to the old primary fail and
+    are reported like any Redis outage (503 / redis_status, then a resync from history)."""
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        [(node.rpartition(":")[0], int(node.rpartition(":")[2])) for node in url.nodes],
+        sentinel_kwargs={"socket_connect_timeout": 3, "socket_timeout": 3},
+    )
+    common: dict[str, Any] = {
+        "username": url.username,
+        "password": url.password,
+        "db": url.db,
+        "protocol": 2,  # as for one Redis (make_redis says why)
+        "socket_connect_timeout": 3,
+        "socket_timeout": 5,
+        "socket_keepalive": True,
+    }
+    if url.tls:
+        common["ssl"] = True
+    # One pipeline writer uses these, so the pool stays small; the pub/sub one never retries inside
+    # redis-py (make_redis says why).
+    commands = sentinel.master_for(url.service, max_connections=REDIS_MAX_CONNECTIONS, **common)
+    pubsub = sentinel.master_for(url.service, max_connections=2, retry=Retry(NoBackoff(), 0), **common)
+    return commands, pubsub
 
 
 def replica_name() -> str:

@@ -39,7 +39,7 @@ from redis.crc import key_slot
 
 from relay import metrics
 from relay.bus import Bus, BusEvent, Disconnected, Message, Reconnected, SlotMoved
-from relay.config import ClusterURL
+from relay.config import MultiNodeURL
 from relay.errors import Unavailable
 from relay.keys import code_of_channel
 from relay.pipeline import ScriptPipeline
@@ -59,11 +59,11 @@ MAX_CONNECTIONS_PER_NODE: Final = 32
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    url: ClusterURL
+    url: MultiNodeURL
 
     @classmethod
     def from_url(cls, url: str) -> ClusterConfig:
-        return cls(ClusterURL.parse(url))
+        return cls(MultiNodeURL.parse(url))
 
     @property
     def seeds(self) -> tuple[str, ...]:

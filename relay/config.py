@@ -41,40 +41,71 @@ class ConfigError(Exception):
 
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterURL:
-    """`redis+cluster://[user:password@]host:port,host:port` (rediss+cluster:// for TLS): the seeds."""
+class MultiNodeURL:
+    """A Redis URL naming several nodes, which relay asks where the primaries are:
 
-    seeds: tuple[str, ...]  # "host:port"
+    - `redis+cluster://[user:password@]host:port,host:port` a Redis Cluster; the nodes are seeds.
+    - `redis+sentinel://[user:password@]host:port,host:port/service[/db]` Sentinel-managed Redis; the
+      nodes are the sentinels, `service` the name they monitor (credentials are the Redis nodes').
+    `rediss+` for TLS to the Redis nodes.
+    """
+
+    scheme: str
+    nodes: tuple[str, ...]  # "host:port"
     username: str | None
     password: str | None = field(repr=False)
-    tls: bool
+    service: str = ""  # Sentinel only
+    db: int = 0
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.scheme in CLUSTER_SCHEMES
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme.startswith("rediss+")
+
+    @property
+    def seeds(self) -> tuple[str, ...]:
+        return self.nodes
 
     @classmethod
-    def parse(cls, url: str) -> ClusterURL:
+    def parse(cls, url: str) -> MultiNodeURL:
         """Raises ValueError naming what is wrong (never echoing the password)."""
         parts = urlsplit(url)
-        if parts.scheme not in CLUSTER_SCHEMES:
+        if parts.scheme not in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
             raise ValueError(
-                f"a cluster URL starts with redis+cluster:// or rediss+cluster://, got {parts.scheme!r}"
+                "expected redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://, "
+                f"got {parts.scheme!r}"
             )
         credentials, _, hosts = parts.netloc.rpartition("@")
         username, _, password = credentials.partition(":")
-        seeds = []
+        nodes = []
         for item in hosts.split(","):
             host, _, port = item.strip().rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"each cluster node must be host:port, got {item.strip()!r}")
-            seeds.append(f"{host.strip('[]')}:{int(port)}")
-        if parts.path not in ("", "/", "/0"):
-            raise ValueError("Redis Cluster has only database 0; drop the path from the URL")
+                raise ValueError(f"each node must be host:port, got {item.strip()!r}")
+            nodes.append(f"{host.strip('[]')}:{int(port)}")
+        path = [part for part in parts.path.split("/") if part]
+        service, db = "", 0
+        if parts.scheme in CLUSTER_SCHEMES:
+            if path not in ([], ["0"]):
+                raise ValueError("Redis Cluster has only database 0; drop the path from the URL")
+        else:
+            if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+                raise ValueError("a Sentinel URL ends with /<service name>[/<db>], e.g. /mymaster/0")
+            service, db = unquote(path[0]), int(path[1]) if len(path) == 2 else 0
         return cls(
-            seeds=tuple(seeds),
+            scheme=parts.scheme,
+            nodes=tuple(nodes),
             username=unquote(username) or None,
             password=unquote(password) or None,
-            tls=parts.scheme == "rediss+cluster",
+            service=service,
+            db=db,
         )
 
 
@@ -180,6 +211,11 @@ class Settings:
     def redis_cluster(self) -> bool:
         """True for a redis+cluster:// (or rediss+cluster://) REDIS_URL: Redis Cluster mode."""
         return self.redis_url is not None and urlsplit(self.redis_url).scheme in CLUSTER_SCHEMES
+
+    @property
+    def redis_sentinel(self) -> bool:
+        """True for a redis+sentinel:// (or rediss+sentinel://) REDIS_URL: the primary found by Sentinel."""
+        return self.redis_url is not None and urlsplit(self.redis_url).scheme in SENTINEL_SCHEMES
 
     @property
     def jwks_url(self) -> str | None:
@@ -429,16 +465,16 @@ class _Reader:
         if value is None:
             return None
         scheme = urlsplit(value).scheme
-        if scheme in CLUSTER_SCHEMES:
+        if scheme in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
             try:
-                ClusterURL.parse(value)
+                MultiNodeURL.parse(value)
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
         elif scheme not in {"redis", "rediss", "unix"}:
             # Only the scheme is echoed: the rest of the URL may hold a password.
             raise ConfigError(
-                f"{name} must be a redis://, rediss://, unix://, or redis+cluster://host:port,host:port "
-                f"URL, got a {scheme or 'schemeless'!r} URL"
+                f"{name} must be a redis://, rediss://, unix://, redis+cluster://host:port,host:port or "
+                f"redis+sentinel://host:port,host:port/service URL, got a {scheme or 'schemeless'!r} URL"
             )
         return value
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from relay.config import ClusterURL, ConfigError, Settings
+from relay.config import ConfigError, MultiNodeURL, Settings
 from tests.cluster_support import LocalCluster, slot_of
 from tests.support import Client, Replica, create_room, join_room, open_refused, replicas, token
 
@@ -254,7 +254,7 @@ def test_replica_started_while_a_shard_is_down_is_not_ready_for_that_shard_only(
 
 def test_cluster_url_is_parsed_and_its_password_never_echoed() -> None:
     """REDIS_URL=redis+cluster://... chooses cluster mode; a bad one names what is wrong, not the secret."""
-    url = ClusterURL.parse("rediss+cluster://relay:s3cret@10.0.0.1:6379,[::1]:7000,redis-2:6380")
+    url = MultiNodeURL.parse("rediss+cluster://relay:s3cret@10.0.0.1:6379,[::1]:7000,redis-2:6380")
     assert url.seeds == ("10.0.0.1:6379", "::1:7000", "redis-2:6380")
     assert (url.username, url.password, url.tls) == ("relay", "s3cret", True)
     assert "s3cret" not in repr(url)
