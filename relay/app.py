@@ -21,6 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import WebSocketRoute
 
 from relay import api, lifecycle, logs, page
+from relay.admission import Admission
 from relay.auth import Authenticator
 from relay.bus import Bus, PubSubBus
 from relay.cluster import ClusterBus, ClusterConfig, ShardedScripts, Topology
@@ -128,7 +129,12 @@ def create_app(settings: Settings) -> Starlette:
             redis_client, pubsub_client = make_redis(settings)
             rooms = Rooms(redis_client, settings)
             bus = Bus(pubsub_client, link_timeout=settings.redis_link_timeout)
-        hub = Hub(bus)
+        admission = Admission(
+            shed_sockets_at=settings.shed_sockets_ms / 1000,
+            shed_frames_at=settings.shed_frames_ms / 1000,
+            retry_after=settings.shed_retry_after,
+        )
+        hub = Hub(bus, admission)
         services = Services(
             settings=settings,
             auth=Authenticator(settings),
@@ -136,6 +142,7 @@ def create_app(settings: Settings) -> Starlette:
             quotas=Quotas(redis_client, settings, rooms.scripts, sharded=settings.redis_cluster),
             bus=bus,
             hub=hub,
+            admission=admission,
             replica_id=replica_id,
         )
         app.state.services = services

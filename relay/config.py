@@ -202,6 +202,12 @@ class Settings:
     max_document_bytes: int = 200 * 1024
     shutdown_grace: float = 20.0
 
+    # Admission control (admission.py): refuse new sockets / shed frames while this replica's measured
+    # queueing (event-loop lag, store round trip) is at least this many milliseconds.
+    shed_sockets_ms: float = 100.0
+    shed_frames_ms: float = 200.0
+    shed_retry_after: float = 2.0
+
     @property
     def is_embedded(self) -> bool:
         """True when there is no REDIS_URL: one process, with an in-process store."""
@@ -310,6 +316,13 @@ class Settings:
             max_frame_bytes=reader.integer("RELAY_MAX_FRAME_BYTES", cls.max_frame_bytes, minimum=1024),
             max_document_bytes=reader.integer("RELAY_MAX_DOCUMENT_BYTES", cls.max_document_bytes, minimum=1),
             shutdown_grace=reader.number("RELAY_SHUTDOWN_GRACE", cls.shutdown_grace, minimum=0),
+            shed_sockets_ms=reader.number(
+                "RELAY_SHED_SOCKETS_MS", cls.shed_sockets_ms, minimum=0, unit="milliseconds"
+            ),
+            shed_frames_ms=reader.number(
+                "RELAY_SHED_FRAMES_MS", cls.shed_frames_ms, minimum=0, unit="milliseconds"
+            ),
+            shed_retry_after=reader.number("RELAY_SHED_RETRY_AFTER", cls.shed_retry_after, minimum=1),
         )
         settings.check()
         return settings
@@ -431,14 +444,14 @@ class _Reader:
             raise ConfigError(f"{name} must be {bounds}, got {number}")
         return number
 
-    def number(self, name: str, default: float, *, minimum: float) -> float:
+    def number(self, name: str, default: float, *, minimum: float, unit: str = "seconds") -> float:
         value = self._env.get(name)
         if value is None or not value.strip():
             return default
         try:
             number = float(value.strip())
         except ValueError:
-            raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+            raise ConfigError(f"{name} must be a number of {unit}, got {value!r}") from None
         if math.isnan(number) or number < minimum:
             raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
         return number

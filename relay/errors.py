@@ -119,6 +119,14 @@ class Unavailable(RelayError):
     close_code = 1013  # RFC 6455 "try again later"
 
 
+class Overloaded(Unavailable):
+    """The replica's measured queueing is too long (admission.py): retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class SlowConsumer(RelayError):
     code = "slow_consumer"
     http_status = 503

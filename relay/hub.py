@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from relay import metrics
+from relay.admission import Admission
 from relay.bus import Disconnected, Message, PubSubBus, Reconnected
 from relay.keys import RoomKeys, code_of_channel
 from relay.protocol import Envelope, now_ms, redis_status_frame
@@ -62,8 +63,9 @@ class RoomLocks:
 
 
 class Hub:
-    def __init__(self, bus: PubSubBus) -> None:
+    def __init__(self, bus: PubSubBus, admission: Admission | None = None) -> None:
         self._bus = bus
+        self._admission = admission
         self._rooms: defaultdict[str, set[Connection]] = defaultdict(set)
         self._subscription_locks = RoomLocks()
 
@@ -138,12 +140,16 @@ class Hub:
             logger.error("dropping a malformed message on %r: %s", message.channel, exc)
             return
         item = item_of(envelope)
-        if envelope.ts:
-            metrics.DELIVERY_LATENCY.observe(max(0, now_ms() - envelope.ts) / 1000)
+        age = max(0, now_ms() - envelope.ts) / 1000 if envelope.ts else None
+        if age is not None:
+            metrics.DELIVERY_LATENCY.observe(age)
         # Frames for one role only (monitoring alerts: interviewers) never reach another role's socket.
         for_role = envelope.for_role
         sent = 0
         for connection in tuple(connections):
+            if connection.id == envelope.origin and age is not None and self._admission is not None:
+                # Stamped by this replica, so on this clock: how long pub/sub took to bring it back.
+                self._admission.observe_round_trip(age)
             # The sender's own socket gets an ack for a durable event (its writer's choice), nothing for
             # a volatile one.
             if isinstance(item, VolatileFrame) and connection.id == item.origin:

@@ -23,7 +23,9 @@ DRAIN_NOTICE_SECONDS = 1.0
 
 
 def start(services: Services) -> list[asyncio.Task[None]]:
-    """Start the hub and the presence refresh, each supervised, and chain the SIGTERM drain."""
+    """Start the hub and the presence refresh, each supervised, the admission control's measurements,
+    and chain the SIGTERM drain."""
+    services.admission.start()
     tasks = [
         asyncio.create_task(supervise("hub", services.hub.run), name="hub"),
         asyncio.create_task(supervise("presence", lambda: refresh_presence(services)), name="presence"),
@@ -35,6 +37,7 @@ def start(services: Services) -> list[asyncio.Task[None]]:
 async def stop(services: Services, tasks: list[asyncio.Task[None]]) -> None:
     """Refuse new sockets and end the background loops (the lifespan then releases Redis)."""
     services.is_draining = True
+    services.admission.stop()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

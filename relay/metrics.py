@@ -55,6 +55,16 @@ SLOW_CONSUMERS = Counter("relay_slow_consumers_dropped_total", "Sockets closed f
 REFUSALS = Counter(
     "relay_refusals_total", "Requests, handshakes and frames refused, by error code", ["reason"]
 )
+SHED = Counter(
+    "relay_shed_total",
+    "Work refused because this replica's measured queueing was too long (admission control), by kind",
+    ["kind"],
+)
+QUEUEING = Gauge(
+    "relay_queueing_seconds",
+    "How long work waits on this replica: the larger of event-loop lag and store round trip (averaged)",
+    multiprocess_mode="max",
+)
 
 
 def render() -> tuple[bytes, str]:

@@ -281,10 +281,14 @@ def room_state_frame(
     return _encode(frame)
 
 
-def error_frame(code: str, message: str, client_msg_id: str | None = None) -> bytes:
+def error_frame(
+    code: str, message: str, client_msg_id: str | None = None, *, retry_after: int | None = None
+) -> bytes:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if client_msg_id is not None:
         frame["client_msg_id"] = client_msg_id
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
     return _encode(frame)
 
 

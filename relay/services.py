@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.admission import Admission
 from relay.auth import Authenticator
 from relay.bus import PubSubBus
 from relay.config import Settings
@@ -20,5 +21,6 @@ class Services:
     quotas: Quotas
     bus: PubSubBus
     hub: Hub
+    admission: Admission
     replica_id: str
     is_draining: bool = False

@@ -29,6 +29,7 @@ from relay.errors import (
     InternalError,
     MemberRemoved,
     OriginNotAllowed,
+    Overloaded,
     RateLimited,
     RelayError,
     RoomClosed,
@@ -139,6 +140,9 @@ async def _open(websocket: WebSocket, services: Services) -> tuple[Connection, S
     """Every check of the handshake, then registration; raises the refusal to close with."""
     if services.is_draining:
         raise Unavailable("this replica is shutting down; reconnect to another")
+    if not services.admission.admits_socket():
+        retry_after = services.admission.socket_retry_after()
+        raise Overloaded(f"this replica is overloaded; retry in {retry_after} s", retry_after)
     code = normalize_code(websocket.path_params.get("room_code", ""))
     last_seq = _last_seq(websocket.query_params.get("last_seq"))
     identity = await services.auth.authenticate(_token(websocket))
@@ -260,10 +264,11 @@ async def _serve(websocket: WebSocket, services: Services, connection: Connectio
 async def _read(websocket: WebSocket, services: Services, connection: Connection, watch: _TokenWatch) -> None:
     settings = services.settings
     rooms = services.rooms
+    admission = services.admission
     bucket = TokenBucket(settings.rate_per_second, settings.rate_burst)
     flood = _FloodWatch(limit=settings.rate_burst)
     monitoring_bucket = TokenBucket(MONITORING_RATE_PER_SECOND, MONITORING_BURST)
-    last_rate_notice = last_monitoring_notice = 0.0
+    last_rate_notice = last_monitoring_notice = last_shed_notice = 0.0
     frame: ClientFrame | RelayError | None
     while True:
         # Drop the previous frame before waiting: an idle socket must not pin its last document.
@@ -309,10 +314,16 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
         assert frame is not None  # parsed, or refused just above
         _RECEIVED[type(frame)].inc()
         if isinstance(frame, EditorUpdate):
+            if not admission.admits_edit():
+                # Nothing was stored: the client resends it (with the same client_msg_id) later.
+                connection.offer(_shed_notice(admission.frame_retry_after(), frame.client_msg_id))
+                continue
+            started = time.monotonic()
             try:
                 accepted = await rooms.append_edit(
                     connection.room_code, connection.identity, frame, connection.id
                 )
+                admission.observe_round_trip(time.monotonic() - started)
             except Unavailable as error:
                 connection.offer(_error(error.code, error.message, frame.client_msg_id))
                 continue
@@ -325,9 +336,18 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                 connection.offer(VolatileFrame(ack))
             else:
                 connection.offer(EarlyAck(accepted.seq, frame.client_msg_id))
+        elif isinstance(frame, CursorUpdate | WindowFocusLost | KeystrokeMonitoring) and not (
+            admission.admits_frame()
+        ):
+            # Volatile, and superseded by the next one: dropped, with a notice at most once a second.
+            if time.monotonic() - last_shed_notice > 1.0:
+                last_shed_notice = time.monotonic()
+                connection.offer(_shed_notice(admission.frame_retry_after()))
         elif isinstance(frame, CursorUpdate):
+            started = time.monotonic()
             try:
                 await rooms.publish_cursor(connection.room_code, connection.identity, frame, connection.id)
+                admission.observe_round_trip(time.monotonic() - started)
             except Unavailable as error:
                 connection.offer(_error(error.code, error.message))
         elif isinstance(frame, Ping):
@@ -488,6 +508,15 @@ def _error(code: str, message: str, client_msg_id: str | None = None) -> Volatil
     return VolatileFrame(error_frame(code, message, client_msg_id).decode())
 
 
+def _shed_notice(retry_after: int, client_msg_id: str | None = None) -> VolatileFrame:
+    """The answer to a frame refused by admission control (an edit: resend it after retry_after)."""
+    metrics.REFUSALS.labels(Unavailable.code).inc()
+    what = "editor_update not applied: resend it" if client_msg_id is not None else "frames dropped"
+    message = f"this replica is overloaded; {what} in {retry_after} s"
+    frame = error_frame(Unavailable.code, message, client_msg_id, retry_after=retry_after)
+    return VolatileFrame(frame.decode())
+
+
 async def _close(websocket: WebSocket, error: RelayError, *, announced: bool) -> None:
     """An error frame (unless a frame of its own already `announced` the reason), then the close."""
     metrics.REFUSALS.labels(error.code).inc()
@@ -498,5 +527,7 @@ async def _close(websocket: WebSocket, error: RelayError, *, announced: bool) ->
     with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect, TimeoutError):
         async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
             if not announced:
-                await websocket.send_text(error_frame(error.code, error.message).decode())
+                retry_after = error.retry_after if isinstance(error, Overloaded | RateLimited) else None
+                frame = error_frame(error.code, error.message, retry_after=retry_after)
+                await websocket.send_text(frame.decode())
             await websocket.close(code=error.close_code, reason=reason)
