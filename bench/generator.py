@@ -62,6 +62,12 @@ class WorkerResult:
     malformed: int = 0
     acks: int = 0
     errors: int = 0
+    # Measured editor updates the server refused with an error frame naming them (admission control's
+    # `unavailable`, rate limits): not accepted, so not delivered, and the bench does not resend them.
+    refused_edits: int = 0
+    # Measured editor updates a receiver never got although the server did not refuse them: what a server
+    # that sheds load explicitly must keep at 0.
+    lost_unrefused_edits: int = 0
     first_error_frame: str = ""
     incomplete_at_end: int = 0
     cpu_seconds: float = 0.0
@@ -93,18 +99,20 @@ class Client:
     __slots__ = (
         "acks",
         "closed_early",
+        "edits",
         "errors",
         "first_error",
         "measured_count",
         "measured_first",
         "peers",
         "plan",
+        "refused",
         "room_size",
         "sent",
         "ws",
     )
 
-    def __init__(self, plan: MemberPlan, ws: ClientConnection) -> None:
+    def __init__(self, plan: MemberPlan, ws: ClientConnection, size: int) -> None:
         self.plan = plan
         self.ws = ws
         self.peers: dict[int, Peer] = {}
@@ -116,6 +124,9 @@ class Client:
         self.errors = 0
         self.first_error = ""
         self.closed_early = False
+        # By this sender's counter: 1 where the event was an editor update / refused by the server.
+        self.edits = bytearray(size)
+        self.refused = bytearray(size)
 
 
 class Worker:
@@ -162,7 +173,7 @@ class Worker:
                     if not self.result.connect_error:
                         self.result.connect_error = f"{type(exc).__name__}: {exc}"
                     return None
-            return Client(member, ws)
+            return Client(member, ws, self.peer_size)
 
         async def open_room(room: RoomPlan) -> list[Client | None]:
             return list(await asyncio.gather(*(open_one(m) for m in room.members)))
@@ -206,6 +217,9 @@ class Worker:
                 client.errors += 1
                 if not client.first_error:
                     client.first_error = frame if isinstance(frame, str) else frame.decode()
+                refused = event.get("client_msg_id")
+                if isinstance(refused, str) and refused.isdigit() and int(refused) < len(client.refused):
+                    client.refused[int(refused)] = 1
                 return
             else:  # room_state, member_joined, member_left, pong
                 return
@@ -263,7 +277,12 @@ class Worker:
                         "type": "editor_update",
                         "content": head + filler[: max(0, load.payload - len(head))],
                         "cursor_position": {"lineNumber": line, "column": column},
+                        # So that a refusal names the edit it refuses (a server that relays it
+                        # verbatim, like the baseline, costs nothing more).
+                        "client_msg_id": str(counter),
                     }
+                    if counter < len(client.edits):
+                        client.edits[counter] = 1
                 else:
                     event = {
                         "type": "cursor_update",
@@ -332,6 +351,12 @@ class Worker:
                     window = peer.got[first : first + sender.measured_count]
                     result.expected += sender.measured_count
                     result.lost += sender.measured_count - window.count(1)
+                    for counter in range(first, first + sender.measured_count):
+                        if counter < len(sender.edits) and sender.edits[counter]:
+                            if sender.refused[counter]:
+                                result.refused_edits += 1
+                            elif counter >= len(peer.got) or not peer.got[counter]:
+                                result.lost_unrefused_edits += 1
         result.delivered = len(self.latencies)
         result.malformed = self.malformed
         result.incomplete_at_end = expected_all - self.distinct_total

@@ -67,6 +67,8 @@ def summarize(load: Workload, results: list[WorkerResult]) -> dict[str, Any]:
             "malformed",
             "acks",
             "errors",
+            "refused_edits",
+            "lost_unrefused_edits",
             "incomplete_at_end",
         )
     }
@@ -100,6 +102,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("expected", "expected deliveries", "{:.0f}"),
     ("delivered", "delivered", "{:.0f}"),
     ("lost", "lost", "{:.0f}"),
+    ("refused_edits", "  edits refused (error frame)", "{:.0f}"),
+    ("lost_unrefused_edits", "  edits lost, not refused", "{:.0f}"),
     ("duplicated", "duplicated", "{:.0f}"),
     ("out_of_order", "out of order", "{:.0f}"),
     ("out_of_order_same_type", "  of which within one type", "{:.0f}"),
