@@ -279,6 +279,7 @@ class Room {
     notice(CLOSE_REASONS[code] || `Disconnected by relay (${code}${reason ? ': ' + reason : ''}).`, 'error', true)
     $('close-room').hidden = true
     clearInterval(this.memberTimer)
+    this.renderMembers()
   }
 
   scheduleMemberRefresh () {
@@ -348,11 +349,11 @@ class Room {
         id: member.user_id,
         name: member.user_name,
         role: member.role,
-        connected: member.connected || online.has(member.user_id)
+        connected: !this.closed && (member.connected || online.has(member.user_id))
       })
     }
     for (const [id, user] of online) {
-      if (!seen.has(id)) rows.push({ id, name: user.name, role: user.role, connected: true })
+      if (!seen.has(id)) rows.push({ id, name: user.name, role: user.role, connected: !this.closed })
     }
     $('member-list').replaceChildren(...rows.map((row) => {
       const item = document.createElement('li')
