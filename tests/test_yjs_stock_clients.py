@@ -214,3 +214,16 @@ def test_node_harness_reports_refusals(two_replicas: list[Replica]) -> None:
         closed = next(e for e in eve.events if e["event"] == "closed")
         assert closed["code"] == 4403, eve.events
         assert eve.state()["connected"] is False
+
+
+def test_an_idle_provider_alone_in_a_room_keeps_its_socket(two_replicas: list[Replica]) -> None:
+    """y-websocket closes and reopens a socket that received nothing for 30 s; its awareness heartbeat
+    (every 15 s) must come back from relay, so a lone, idle user is not reconnected every 30 s."""
+    a, _ = two_replicas
+    code, tokens = room_of(two_replicas, "ann")
+    with node_clients(1) as (ann,):
+        ann.open(f"{a.ws}/yjs", code, tokens["ann"], name="Ann")
+        ann.wait(synced=True)
+        time.sleep(40)
+        assert not [e for e in ann.events if e["event"] == "connection-close"], ann.events
+        assert ann.state()["connected"] is True
