@@ -182,7 +182,8 @@ class Bus:
                     self.has_redis = True
                     self._last_traffic = loop.time()
                     logger.info("pub/sub connected (%d channels)", len(self._pubsub.channels))
-                    metrics.REDIS_UP.set(1)
+                    if not self._sharded:  # a cluster's links: ClusterBus sets it for all shards
+                        metrics.REDIS_UP.set(1)
                     if ever_connected:
                         metrics.REDIS_RECONNECTS.inc()
                     ever_connected = True
@@ -206,7 +207,8 @@ class Bus:
                 if self.has_redis:
                     self.has_redis = False
                     logger.warning("pub/sub connection lost: %s", str(exc) or type(exc).__name__)
-                    metrics.REDIS_UP.set(0)
+                    if not self._sharded:
+                        metrics.REDIS_UP.set(0)
                     metrics.REDIS_ERRORS.inc()
                     yield Disconnected(str(exc) or type(exc).__name__)
                 for task in helpers:

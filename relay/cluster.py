@@ -416,6 +416,7 @@ class ClusterBus:
                 self._inbox.put_nowait(event)
             elif isinstance(event, Disconnected):
                 gauge.set(0)
+                metrics.REDIS_UP.set(0)
                 self._topology.refresh_soon()  # a failover moves this shard's slots elsewhere
                 self._reconcile_wanted.set()
                 self._inbox.put_nowait(
@@ -423,6 +424,7 @@ class ClusterBus:
                 )
             elif isinstance(event, Reconnected):
                 gauge.set(1)
+                metrics.REDIS_UP.set(1 if self.has_redis else 0)
                 self._inbox.put_nowait(Reconnected(shard=address, rooms=self.rooms_of(address)))
             elif isinstance(event, SlotMoved):
                 logger.info("%s dropped %s: its slot moved", address, event.channel.decode())

@@ -40,7 +40,11 @@ REDIS_ERRORS = Counter(
     "relay_redis_errors_total", "Redis commands that failed (connection, timeout, refusal)"
 )
 REDIS_RECONNECTS = Counter("relay_redis_reconnects_total", "Pub/sub links re-established after a loss")
-REDIS_UP = Gauge("relay_redis_up", "1 while the pub/sub link to Redis is up", multiprocess_mode="min")
+REDIS_UP = Gauge(
+    "relay_redis_up",
+    "1 while the pub/sub link to Redis is up (in a cluster: every shard's)",
+    multiprocess_mode="min",
+)
 # Redis Cluster: the label is a primary's address from the slot map (a handful, never user input).
 REDIS_SHARD_UP = Gauge(
     "relay_redis_shard_up",
