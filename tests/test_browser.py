@@ -198,6 +198,11 @@ async def browser_session(
             await wait_synced(late)
             assert await converge([late], "".join(ALICE_ROUNDS + BOB_ROUNDS)) == final
 
+            # The language picker is shared through the room's document: Bob picks Go, Alice's page follows.
+            await bob.select_option("#room-language", "go")
+            await alice.wait_for_function("() => document.getElementById('room-language').value === 'go'")
+            assert await editor_text(alice) == final  # the picker is not part of the text
+
             # The interviewer closes the room: Bob's page says so and stops editing.
             alice.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
             await alice.click("#close-room")
