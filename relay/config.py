@@ -178,6 +178,11 @@ class Settings:
     redis_link_timeout: float = 10.0
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 500
+    # Yjs: compact a room's document once this many updates are unfolded, keeping the newest `keep`
+    yjs_compact_after: int = 500
+    yjs_compact_keep: int = 100
+    # Yjs: how long whole-document clients wait for the text after Yjs edits (coalescing window)
+    yjs_text_delay: float = 0.15
 
     # Connections and limits
     rate_per_second: float = 30.0
@@ -290,6 +295,9 @@ class Settings:
             redis_wait_timeout_ms=reader.integer(
                 "RELAY_REDIS_WAIT_TIMEOUT_MS", cls.redis_wait_timeout_ms, minimum=1, maximum=60_000
             ),
+            yjs_compact_after=reader.integer("RELAY_YJS_COMPACT_AFTER", cls.yjs_compact_after, minimum=1),
+            yjs_compact_keep=reader.integer("RELAY_YJS_COMPACT_KEEP", cls.yjs_compact_keep, minimum=0),
+            yjs_text_delay=reader.number("RELAY_YJS_TEXT_DELAY", cls.yjs_text_delay, minimum=0),
             rate_per_second=reader.number("RELAY_RATE_PER_SECOND", cls.rate_per_second, minimum=0.1),
             rate_burst=reader.integer("RELAY_RATE_BURST", cls.rate_burst, minimum=1),
             max_connections_per_user=reader.integer(

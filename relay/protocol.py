@@ -8,7 +8,10 @@ Envelope (a pub/sub message):
     kind "|" origin "|" seq "|" msg_id "|" ts "|" frame
 kind is `e` (an event to deliver), `c` (deliver, then close the room's sockets), `r` (deliver, then
 close the sockets of the user named in the frame's `user_id`) or `i` (deliver to the room's interviewer
-sockets only: candidate monitoring alerts); origin is the id of
+sockets only: candidate monitoring alerts); for the Yjs endpoint (yjs_ws.py) `y` (a Yjs update,
+numbered in the room's Yjs order; frame = the update's bytes), `a` (an awareness message), `q` (a query
+for awareness) and `g` (the connection named as origin is gone with its replica: clear its awareness;
+empty frame). origin is the id of
 the connection that caused it (`-` for none); seq is the room sequence number (0 for volatile events
 such as cursors and presence); msg_id is the sender's optional `client_msg_id` (empty for none); ts is
 when the publishing replica stamped the event (ms since the epoch), for the delivery-latency metric.
@@ -61,6 +64,14 @@ KIND_EVENT: Final = "e"
 KIND_CLOSE: Final = "c"
 KIND_REMOVE: Final = "r"
 KIND_INTERVIEWERS: Final = "i"
+KIND_YJS_UPDATE: Final = "y"
+KIND_AWARENESS: Final = "a"
+KIND_AWARENESS_QUERY: Final = "q"
+KIND_CONNECTION_GONE: Final = "g"
+YJS_KINDS: Final = frozenset((KIND_YJS_UPDATE, KIND_AWARENESS, KIND_AWARENESS_QUERY, KIND_CONNECTION_GONE))
+_KINDS: Final = frozenset(
+    kind.encode() for kind in (KIND_EVENT, KIND_CLOSE, KIND_REMOVE, KIND_INTERVIEWERS, *YJS_KINDS)
+)
 NO_ORIGIN: Final = "-"
 INTERVIEWER_ROLE: Final = "interviewer"
 
@@ -449,6 +460,9 @@ class Envelope:
     def for_role(self) -> str | None:
         """The only role whose sockets get this envelope's frame (None: every socket of the room)."""
         return INTERVIEWER_ROLE if self.kind == KIND_INTERVIEWERS else None
+    def is_yjs(self) -> bool:
+        """For Yjs sockets only (binary frames); the others never see it."""
+        return self.kind in YJS_KINDS
 
     @property
     def removes_member(self) -> str | None:
@@ -470,7 +484,7 @@ class Envelope:
     def unpack(cls, data: bytes) -> Envelope:
         """Raises ValueError on anything that is not an envelope (the bus logs and drops it)."""
         kind, origin, seq, msg_id, ts, frame = data.split(b"|", 5)
-        if kind not in (b"e", b"c", b"r", b"i"):
+        if kind not in _KINDS:
             raise ValueError(f"unknown envelope kind {kind[:10]!r}")
         return cls(kind.decode(), origin.decode(), int(seq), msg_id.decode() or None, int(ts), frame)
 
@@ -555,4 +569,16 @@ def member_left_template(ts: int) -> tuple[bytes, bytes]:
     hole = "\x00"  # encodes as "\u0000": the only such string in this envelope
     packed = Envelope(KIND_EVENT, NO_ORIGIN, 0, None, ts, member_left_frame(hole, ts)).pack()
     head, tail = packed.split(orjson.dumps(hole))
+    return head, tail
+
+
+def yjs_update_parts(origin: str, ts: int) -> tuple[bytes, bytes]:
+    """A Yjs update's envelope around the number lua/yjs_append.lua assigns: head .. seq .. middle .. update."""
+    return _envelope_head(KIND_YJS_UPDATE, origin), _envelope_middle(None, ts)
+
+
+def connection_gone_template(ts: int) -> tuple[bytes, bytes]:
+    """The `g` envelope split where the connection id goes, for the presence sweep (lua/prelude.lua)."""
+    hole = "\x00"
+    head, tail = Envelope(KIND_CONNECTION_GONE, hole, 0, None, ts, b"").pack().split(hole.encode())
     return head, tail

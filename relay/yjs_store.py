@@ -30,10 +30,10 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from relay.config import Settings
-from relay.errors import MemberRemoved, NotMember, RoomClosed, RoomNotFound, Unavailable
+from relay.errors import MemberRemoved, NotMember, RelayError, RoomClosed, RoomNotFound, Unavailable
 from relay.keys import RoomKeys
 from relay.pipeline import ScriptPipeline
-from relay.protocol import now_ms
+from relay.protocol import Envelope, now_ms, yjs_update_parts
 from relay.redis_errors import redis_unavailable_is_503
 from relay.yjs_doc import RoomDoc, TextEdit
 
@@ -128,6 +128,7 @@ class YjsStore:
         self._seed = redis_client.register_script(_lua("yjs_seed"))
         self._compact = redis_client.register_script(_lua("yjs_compact"))
         self._unlock = redis_client.register_script(_lua("yjs_unlock"))
+        self._publish = redis_client.register_script(_lua("yjs_publish"))
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         return await self._pipeline.call(script, keys, args)
@@ -137,10 +138,11 @@ class YjsStore:
         """Number, store and publish one update. Returns once Redis has it (what relay acknowledges)."""
         keys = YjsKeys.of(code)
         for _ in range(LOAD_ATTEMPTS):
+            head, middle = yjs_update_parts(origin, now_ms())
             result = await self._run(
                 self._append,
                 keys.all,
-                [user_id, update, origin, now_ms(), self._settings.room_ttl, keys.channel],
+                [user_id, update, origin, self._settings.room_ttl, keys.channel, head, middle],
             )
             outcome = _text(result[0])
             if outcome == "ok":
@@ -149,6 +151,13 @@ class YjsStore:
                 _raise_for(outcome, code)
             await self.load(code)  # seeds the document, then the append goes through
         raise Unavailable("the room's document could not be started; retry")
+
+    @redis_unavailable_is_503
+    async def publish_volatile(self, code: str, kind: str, origin: str, message: bytes) -> None:
+        """Awareness and awareness queries: published to the room's replicas, never stored."""
+        keys = YjsKeys.of(code)
+        envelope = Envelope(kind, origin, 0, None, now_ms(), message).pack()
+        await self._run(self._publish, [keys.room], [keys.channel, envelope])
 
     @redis_unavailable_is_503
     async def load(self, code: str) -> LoadedDoc:
@@ -288,3 +297,45 @@ def _raise_for(outcome: str, code: str) -> None:
     if outcome == "removed":
         raise MemberRemoved(f"an interviewer removed you from room {code}")
     raise Unavailable(f"unexpected answer from the room's document store: {outcome[:40]}")
+
+
+class Compactor:
+    """Compacts rooms whose stream grew past `after` unfolded updates, at most one run per room at a
+    time on this replica (debounced by `delay`), and one replica at a time (the store's lock)."""
+
+    def __init__(self, store: YjsStore, *, after: int, keep: int, delay: float = 1.0) -> None:
+        self._store = store
+        self._after = after
+        self._keep = keep
+        self._delay = delay
+        self._pending: dict[str, asyncio.Task[None]] = {}
+
+    def appended(self, code: str, appended: Appended) -> None:
+        if appended.unfolded > self._after and code not in self._pending:
+            self._pending[code] = asyncio.create_task(self._run(code), name=f"yjs-compact-{code}")
+
+    async def _run(self, code: str) -> None:
+        try:
+            await asyncio.sleep(self._delay)
+            done = await self._store.compact(code, keep=self._keep)
+            if done is not None:
+                logger.info(
+                    "room %s: compacted %d updates in %.3fs (snapshot %d bytes, covers 1..%d)",
+                    code,
+                    done.updates,
+                    done.seconds,
+                    done.snapshot_bytes,
+                    done.folded,
+                )
+        except RelayError as error:
+            logger.warning("room %s: compaction skipped: %s", code, error.message)
+        except Exception:
+            logger.exception("room %s: compaction failed; the next update retries", code)
+        finally:
+            self._pending.pop(code, None)
+
+    async def aclose(self) -> None:
+        tasks = list(self._pending.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

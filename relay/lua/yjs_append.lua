@@ -1,7 +1,8 @@
 -- Store one Yjs update and publish it: the next number of the room's Yjs sequence, the stream entry
 -- with that number as its id, and the envelope on the room's channel, in one atomic step.
 -- KEYS: [1] room, [2] members, [3] ydoc, [4] yupdates (yjs_store.YjsKeys.all)
--- ARGV: user_id, update, origin, now_ms, ttl, channel
+-- ARGV: user_id, update, origin, ttl, channel, envelope_head, envelope_middle
+--       (protocol.yjs_update_parts: the envelope is head .. seq .. middle .. update)
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status ~= 'open' then return {'closed'} end
@@ -9,8 +10,8 @@ if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
 if redis.call('EXISTS', KEYS[3]) == 0 then return {'unseeded'} end
 local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
 redis.call('XADD', KEYS[4], seq .. '-0', 'u', ARGV[2], 'o', ARGV[3])
-redis.call('PUBLISH', ARGV[6], 'y|' .. ARGV[3] .. '|' .. seq .. '||' .. ARGV[4] .. '|' .. ARGV[2])
-redis.call('EXPIRE', KEYS[3], ARGV[5])
-redis.call('EXPIRE', KEYS[4], ARGV[5])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. seq .. ARGV[7] .. ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
 local folded = tonumber(redis.call('HGET', KEYS[3], 'snapshot_seq') or '0')
 return {'ok', seq, seq - folded}
