@@ -573,7 +573,7 @@ def member_left_template(ts: int) -> tuple[bytes, bytes]:
 
 
 def yjs_update_parts(origin: str, ts: int) -> tuple[bytes, bytes]:
-    """A Yjs update's envelope around the number lua/yjs_append.lua assigns: head .. seq .. middle .. update."""
+    """A Yjs update's envelope around its number (lua/yjs_append.lua): head .. seq .. middle .. update."""
     return _envelope_head(KIND_YJS_UPDATE, origin), _envelope_middle(None, ts)
 
 
