@@ -24,7 +24,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -32,7 +32,6 @@ from redis.commands.core import AsyncScript
 from relay.config import Settings
 from relay.errors import MemberRemoved, NotMember, RelayError, RoomClosed, RoomNotFound, Unavailable
 from relay.keys import RoomKeys
-from relay.pipeline import ScriptPipeline
 from relay.protocol import Envelope, now_ms, yjs_update_parts
 from relay.redis_errors import redis_unavailable_is_503
 from relay.yjs_doc import RoomDoc, TextEdit
@@ -111,27 +110,50 @@ def _seq_of(entry_id: bytes | str) -> int:
     return int(_text(entry_id).partition("-")[0])
 
 
-def _entries(raw: Any) -> list[tuple[int, bytes]]:
-    """XRANGE rows of the updates stream as (number, update)."""
-    return [(_seq_of(entry_id), _bytes(fields[b"u"])) for entry_id, fields in raw or ()]
+def _rows(flat: list[Any]) -> list[tuple[int, bytes]]:
+    """{id, update, ...} from a script as (number, update)."""
+    return [(_seq_of(flat[i]), _bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+class ScriptRunner(Protocol):
+    """The room store's script writer (pipeline.ScriptPipeline, or cluster.ShardedScripts)."""
+
+    async def call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any: ...
 
 
 class YjsStore:
-    """Raises RelayError subclasses (RoomNotFound, RoomClosed, NotMember, Unavailable) like Rooms."""
+    """Raises RelayError subclasses (RoomNotFound, RoomClosed, NotMember, Unavailable) like Rooms.
 
-    def __init__(self, redis_client: aioredis.Redis, pipeline: ScriptPipeline, settings: Settings) -> None:
-        self._redis = redis_client
-        self._pipeline = pipeline
+    Every Redis access is a script run through `scripts` (the room store's writer: one batching
+    pipeline, or one per shard in a Redis Cluster, where a room's keys share a slot).
+    """
+
+    def __init__(
+        self,
+        redis_client: aioredis.Redis,
+        scripts: ScriptRunner,
+        settings: Settings,
+        *,
+        sharded_publish: bool = False,
+    ) -> None:
+        self._scripts = scripts
         self._settings = settings
-        self._append = redis_client.register_script(_lua("yjs_append"))
-        self._read = redis_client.register_script(_lua("yjs_read"))
-        self._seed = redis_client.register_script(_lua("yjs_seed"))
-        self._compact = redis_client.register_script(_lua("yjs_compact"))
-        self._unlock = redis_client.register_script(_lua("yjs_unlock"))
-        self._publish = redis_client.register_script(_lua("yjs_publish"))
+        publish = f"local PUBLISH = '{'SPUBLISH' if sharded_publish else 'PUBLISH'}'\n"
+
+        def script(name: str) -> AsyncScript:
+            return redis_client.register_script(publish + _lua(name))
+
+        self._append = script("yjs_append")
+        self._read = script("yjs_read")
+        self._range = script("yjs_range")
+        self._seed = script("yjs_seed")
+        self._lock = script("yjs_lock")
+        self._compact = script("yjs_compact")
+        self._unlock = script("yjs_unlock")
+        self._publish = script("yjs_publish")
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        return await self._pipeline.call(script, keys, args)
+        return await self._scripts.call(script, keys, args)
 
     @redis_unavailable_is_503
     async def append(self, code: str, user_id: str, update: bytes, origin: str) -> Appended:
@@ -170,58 +192,50 @@ class YjsStore:
                 await self._seed_from(code, _text(result[1]))
                 continue
             _raise_for(outcome, code)
-            snapshot, folded, seq, status = (
-                _bytes(result[1]),
-                int(result[2]),
-                int(result[3]),
-                _text(result[4]),
-            )
+            snapshot, folded, seq, status = _bytes(result[1]), int(result[2]), int(result[3]), _text(result[4])
             doc = RoomDoc(snapshot or None)
-            entries = result[5:]
+            rows = _rows(result[5:])
             expected = folded + 1
-            complete = True
-            while True:
-                for i in range(0, len(entries), 2):
-                    if _seq_of(entries[i]) != expected:
-                        complete = False  # trimmed under us by a compaction: start over
+            while rows and expected <= seq:
+                if rows[0][0] != expected:
+                    break  # trimmed under us by a compaction: start over
+                for number, update in rows:
+                    if number != expected:
                         break
-                    doc.apply((_bytes(entries[i + 1]),))
+                    doc.apply((update,))
                     expected += 1
-                if not complete or expected > seq or not entries:
-                    break
-                entries = await self._xrange(keys.updates, expected, seq)
-            if complete and expected > seq:
+                if expected <= seq:
+                    rows = await self._chunk(keys, expected, seq)
+            if expected > seq:
                 return LoadedDoc(doc, seq, status)
         raise Unavailable("the room's document kept changing shape while being read; retry")
 
     @redis_unavailable_is_503
     async def updates_after(self, code: str, after: int, upto: int) -> list[tuple[int, bytes]] | None:
         """Updates after..upto, in order; None when some of them were folded into the snapshot meanwhile."""
-        key = YjsKeys.of(code).updates
+        keys = YjsKeys.of(code)
         out: list[tuple[int, bytes]] = []
         expected = after + 1
         while expected <= upto:
-            rows = _entries(await self._redis.xrange(key, f"{expected}-0", f"{upto}-0", count=READ_CHUNK))
+            rows = await self._chunk(keys, expected, upto)
             if not rows:
                 break
-            for seq, update in rows:
-                if seq != expected:
+            for number, update in rows:
+                if number != expected:
                     return None
-                out.append((seq, update))
+                out.append((number, update))
                 expected += 1
         return out if expected > upto else None
 
     @redis_unavailable_is_503
     async def current_seq(self, code: str) -> int:
-        return int(await self._redis.hget(YjsKeys.of(code).ydoc, "seq") or 0)
+        keys = YjsKeys.of(code)
+        result = await self._run(self._range, [keys.ydoc, keys.updates], [1, 0, 0])
+        return int(result[1])
 
-    async def _xrange(self, key: str, first: int, last: int) -> list[Any]:
-        flat: list[Any] = []
-        for seq, update in _entries(
-            await self._redis.xrange(key, f"{first}-0", f"{last}-0", count=READ_CHUNK)
-        ):
-            flat += (f"{seq}-0", update)
-        return flat
+    async def _chunk(self, keys: YjsKeys, first: int, last: int) -> list[tuple[int, bytes]]:
+        result = await self._run(self._range, [keys.ydoc, keys.updates], [first, last, READ_CHUNK])
+        return _rows(result[2:])
 
     async def _seed_from(self, code: str, content: str) -> None:
         seed = RoomDoc()
@@ -239,27 +253,23 @@ class YjsStore:
         the lock or there is nothing to fold."""
         keys = YjsKeys.of(code)
         token = secrets.token_hex(8)
-        if not await self._redis.set(keys.lock, token, nx=True, px=LOCK_MS):
+        taken = await self._run(self._lock, [keys.ydoc, keys.lock], [token, LOCK_MS])
+        if not taken:
             return None
         started = time.perf_counter()
         try:
-            snapshot, folded, last = await self._redis.hmget(keys.ydoc, ["snapshot", "snapshot_seq", "seq"])
-            if last is None:
-                await self._release(keys, token)
-                return None
-            first, target = int(folded or 0) + 1, int(last) - keep
+            snapshot, folded, last = _bytes(taken[0]), int(taken[1]), int(taken[2])
+            first, target = folded + 1, last - keep
             if target < first:
                 await self._release(keys, token)
                 return None
-            doc = RoomDoc(_bytes(snapshot) if snapshot else None)
+            doc = RoomDoc(snapshot or None)
             expected = first
             while expected <= target:
-                chunk = _entries(
-                    await self._redis.xrange(keys.updates, f"{expected}-0", f"{target}-0", count=READ_CHUNK)
-                )
-                if not chunk:
+                rows = await self._chunk(keys, expected, target)
+                if not rows:
                     break
-                for number, update in chunk:
+                for number, update in rows:
                     if number != expected:
                         raise RuntimeError(f"room {code}: update {expected} is missing from the stream")
                     doc.apply((update,))
@@ -269,9 +279,7 @@ class YjsStore:
                 raise RuntimeError(f"room {code}: the stream ends at {expected - 1}, expected {target}")
             new_snapshot = doc.update_since(None)
             outcome = _text(
-                await self._run(
-                    self._compact, [keys.ydoc, keys.updates, keys.lock], [token, new_snapshot, target]
-                )
+                await self._run(self._compact, [keys.ydoc, keys.updates, keys.lock], [token, new_snapshot, target])
             )
         except BaseException:
             await self._release(keys, token)
@@ -282,7 +290,7 @@ class YjsStore:
         return Compaction(target, target - first + 1, time.perf_counter() - started, len(new_snapshot))
 
     async def _release(self, keys: YjsKeys, token: str) -> None:
-        await self._unlock(keys=[keys.lock], args=[token])
+        await self._run(self._unlock, [keys.lock], [token])
 
 
 def _raise_for(outcome: str, code: str) -> None:

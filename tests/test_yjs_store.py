@@ -11,7 +11,6 @@ import redis.asyncio as aioredis
 
 from relay.auth import Identity
 from relay.config import Settings
-from relay.pipeline import ScriptPipeline
 from relay.rooms import Rooms
 from relay.yjs_doc import RoomDoc, TextEdit
 from relay.yjs_store import YjsKeys, YjsStore
@@ -27,7 +26,7 @@ def _run(
         client = aioredis.Redis.from_url(redis_server.url)
         settings = Settings(redis_url=redis_server.url, dev_mode=True)
         rooms = Rooms(client, settings)
-        store = YjsStore(client, ScriptPipeline(client), settings)
+        store = YjsStore(client, rooms.scripts, settings)
         try:
             return await scenario(store, rooms, client)
         finally:

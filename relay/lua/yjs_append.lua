@@ -10,7 +10,7 @@ if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
 if redis.call('EXISTS', KEYS[3]) == 0 then return {'unseeded'} end
 local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
 redis.call('XADD', KEYS[4], seq .. '-0', 'u', ARGV[2], 'o', ARGV[3])
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. seq .. ARGV[7] .. ARGV[2])
+redis.call(PUBLISH, ARGV[5], ARGV[6] .. seq .. ARGV[7] .. ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 local folded = tonumber(redis.call('HGET', KEYS[3], 'snapshot_seq') or '0')

@@ -1,0 +1,236 @@
+"""The Yjs endpoint /yjs/{room_code} with pycrdt clients against two real replicas and a real Redis.
+
+"Acknowledged" for a Yjs update: relay answered the frame that carried it with an (empty) sync step 2,
+which it sends only after Redis stored the update (tests/yjs_client.py counts those answers).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from tests.support import RedisServer, Replica, auth, create_room, join_room, replicas, token, wait_for
+from tests.yjs_client import YjsClient
+
+FAST = {
+    "RELAY_PRESENCE_TTL": "3",
+    "RELAY_REDIS_LINK_TIMEOUT": "2",
+    "RELAY_SHUTDOWN_GRACE": "5",
+    "RELAY_RATE_PER_SECOND": "2000",
+    "RELAY_RATE_BURST": "2000",
+}
+
+
+@pytest.fixture(scope="module")
+def pair(redis_server: RedisServer) -> Iterator[list[Replica]]:
+    """Two replicas that compact early, so that tests cross compactions."""
+    env = {"REDIS_URL": redis_server.url, **FAST, "RELAY_YJS_COMPACT_AFTER": "60", "RELAY_YJS_COMPACT_KEEP": "10"}
+    with replicas(2, env) as started:
+        yield started
+
+
+@pytest.fixture
+def clients() -> Iterator[list[YjsClient]]:
+    started: list[YjsClient] = []
+    yield started
+    for client in started:
+        client.disconnect()
+
+
+def _room(replica: Replica, *users: str) -> tuple[str, dict[str, str]]:
+    tokens = {user: token(user, name=user.capitalize()) for user in users}
+    code = create_room(replica.http, tokens[users[0]])
+    for user in users[1:]:
+        join_room(replica.http, tokens[user], code)
+    return code, tokens
+
+
+def _type(client: YjsClient, chars: str, seed: int, pause: float = 0.005) -> threading.Thread:
+    def run() -> None:
+        rng = random.Random(seed)
+        for char in chars:
+            client.type_random(rng, char)
+            time.sleep(pause)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_concurrent_typing_on_both_replicas_converges_with_every_character_once(
+    pair: list[Replica], clients: list[YjsClient]
+) -> None:
+    """Four clients over two replicas insert at random positions at once (past several compactions):
+    all end with one text in which every typed character appears exactly once, and so does a joiner."""
+    code, tokens = _room(pair[0], "ann", "bob", "cat", "dan")
+    alphabets = {
+        "ann": "abcdefghijklmnopqrstuvwxyz" * 3,
+        "bob": "ABCDEFGHIJKLMNOPQRSTUVWXYZ" * 3,
+        "cat": "".join(chr(0x4E00 + i) for i in range(60)) + "😀",
+        "dan": "0123456789!?#%&*+=-_" * 3,
+    }
+    for n, user in enumerate(alphabets):
+        clients.append(YjsClient(pair[n % 2].ws, code, tokens[user], name=user).connect())
+    threads = [_type(c, alphabets[c.name], seed=n) for n, c in enumerate(clients)]
+    for thread in threads:
+        thread.join(60)
+    for client in clients:
+        client.wait_until_acked()
+    expected = Counter("".join(alphabets.values()))
+
+    def converged() -> bool:
+        texts = {c.content() for c in clients}
+        return len(texts) == 1 and Counter(texts.pop()) == expected
+
+    wait_for(converged, 30, "every client to hold every character exactly once")
+    late = YjsClient(pair[1].ws, code, tokens["ann"], name="late").connect()
+    clients.append(late)
+    late.wait_for_text(lambda text: text == clients[0].content())
+    ydoc = redis.Redis.from_url(pair[0].env["REDIS_URL"]).hgetall(f"relay:{{{code}}}:ydoc")
+    assert int(ydoc[b"snapshot_seq"]) > 0, "the room was never compacted"
+
+
+def test_offline_edits_merge_on_reconnect(pair: list[Replica], clients: list[YjsClient]) -> None:
+    """A client that edits while disconnected and one that keeps typing both keep their text."""
+    code, tokens = _room(pair[0], "ann", "bob")
+    ann = YjsClient(pair[0].ws, code, tokens["ann"], name="ann").connect()
+    bob = YjsClient(pair[1].ws, code, tokens["bob"], name="bob").connect()
+    clients += [ann, bob]
+    ann.insert(0, "line 1\nline 2\n")
+    ann.wait_until_acked()
+    bob.wait_for_text(lambda text: text == "line 1\nline 2\n")
+    bob.disconnect()
+    bob.insert(len(bob.content()), "bob offline\n")
+    ann.insert(0, "ann online\n")
+    ann.wait_until_acked()
+    bob.connect(pair[0].ws)
+    wanted = {"ann online\n", "line 1\n", "line 2\n", "bob offline\n"}
+    ann.wait_for_text(lambda text: all(part in text for part in wanted))
+    bob.wait_for_text(lambda text: text == ann.content())
+    assert all(ann.content().count(part) == 1 for part in wanted)
+
+
+def test_refusals_have_close_codes_and_reasons(pair: list[Replica], clients: list[YjsClient]) -> None:
+    """Non-member 4403, bad token 4401, unknown room 4404, text frame and garbage 4400 with a reason;
+    a refused Origin gets HTTP 403 before the upgrade. One bad client does not disturb another."""
+    code, tokens = _room(pair[0], "ann")
+    ann = YjsClient(pair[0].ws, code, tokens["ann"], name="ann").connect()
+    clients.append(ann)
+    eve = YjsClient(pair[0].ws, code, token("eve"), name="eve")
+    with pytest.raises(TimeoutError):
+        eve.connect(timeout=3)
+    assert eve.wait_closed() == (4403, eve.close_reason) and "not a member" in (eve.close_reason or "")
+    bad = YjsClient(pair[0].ws, code, "not-a-token", name="bad")
+    with pytest.raises(TimeoutError):
+        bad.connect(timeout=3)
+    assert bad.wait_closed()[0] == 4401
+    gone = YjsClient(pair[0].ws, "ZZZZZZ", tokens["ann"], name="gone")
+    with pytest.raises(TimeoutError):
+        gone.connect(timeout=3)
+    assert gone.wait_closed()[0] == 4404
+    for frame in ("hello", b"\x00\x02\x05ab", b"\x00\x02\x03abc", b"\x09"):
+        with connect(f"{pair[1].ws}/yjs/{code}?token={tokens['ann']}", open_timeout=10) as sock:
+            sock.recv(timeout=5)  # relay's sync step 1
+            sock.send(frame)
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    sock.recv(timeout=5)
+            assert sock.close_code == 4400 and sock.close_reason, frame
+    with pytest.raises(InvalidStatus) as refused:
+        connect(
+            f"{pair[0].ws}/yjs/{code}?token={tokens['ann']}",
+            additional_headers={"Origin": "https://evil.example"},
+            open_timeout=10,
+        )
+    assert refused.value.response.status_code == 403
+    ann.insert(0, "still fine")
+    ann.wait_until_acked()
+
+
+def test_awareness_reaches_others_and_is_cleared_when_the_socket_goes(
+    pair: list[Replica], clients: list[YjsClient]
+) -> None:
+    """Awareness is relayed across replicas; a late joiner learns it by query; a closed socket's is cleared."""
+    code, tokens = _room(pair[0], "ann", "bob", "cat")
+    ann = YjsClient(pair[0].ws, code, tokens["ann"], name="ann").connect()
+    bob = YjsClient(pair[1].ws, code, tokens["bob"], name="bob").connect()
+    clients += [ann, bob]
+    ann.set_awareness('{"user":{"name":"Ann"}}')
+    wait_for(lambda: ann.doc.client_id in bob.awareness, 10, "bob to see ann's awareness")
+    cat = YjsClient(pair[1].ws, code, tokens["cat"], name="cat")
+    clients.append(cat)
+    cat.connect()
+    # cat asked (relay's awareness query on connect) and ann's client answered... ann is a test client
+    # that does not answer queries, so ann publishes again, as a live client would on any change
+    ann.set_awareness('{"user":{"name":"Ann"},"cursor":1}')
+    wait_for(lambda: ann.doc.client_id in cat.awareness, 10, "cat to see ann's awareness")
+    ann.disconnect()
+    wait_for(lambda: ann.doc.client_id not in bob.awareness, 10, "ann's awareness to be cleared for bob")
+    wait_for(lambda: ann.doc.client_id not in cat.awareness, 10, "ann's awareness to be cleared for cat")
+
+
+def test_room_close_and_member_removal_close_yjs_sockets(pair: list[Replica], clients: list[YjsClient]) -> None:
+    """An interviewer removing a member closes that member's Yjs socket (4403); closing the room closes all (4410)."""
+    interviewer = token("ivy", name="Ivy", app_metadata={"role": "interviewer"})
+    code = create_room(pair[0].http, interviewer)
+    join_room(pair[1].http, token("bob"), code)
+    join_room(pair[1].http, token("cat"), code)
+    bob = YjsClient(pair[1].ws, code, token("bob"), name="bob").connect()
+    cat = YjsClient(pair[0].ws, code, token("cat"), name="cat").connect()
+    clients += [bob, cat]
+    response = httpx.delete(f"{pair[0].http}/api/room/{code}/members/bob", headers=auth(interviewer), timeout=10)
+    assert response.status_code < 300, response.text
+    assert bob.wait_closed()[0] == 4403
+    response = httpx.post(f"{pair[0].http}/api/room/{code}/close", headers=auth(interviewer), timeout=10)
+    assert response.status_code < 300, response.text
+    assert cat.wait_closed()[0] == 4410
+
+
+def test_replica_killed_and_redis_restarted_lose_nothing_acknowledged(tmp_path: object) -> None:
+    """SIGKILL a replica mid-typing: its client reconnects to the other and nothing it typed is lost.
+    Then every client goes, Redis restarts (AOF): a new client gets every acknowledged character."""
+    aof = RedisServer(appendonly=True).start()
+    env = {"REDIS_URL": aof.url, **FAST, "RELAY_YJS_COMPACT_AFTER": "40", "RELAY_YJS_COMPACT_KEEP": "5"}
+    a, b = Replica(env, name="a").start(), Replica(env, name="b").start()
+    started: list[YjsClient] = []
+    try:
+        code, tokens = _room(a, "ann", "bob")
+        ann = YjsClient(a.ws, code, tokens["ann"], name="ann").connect()
+        bob = YjsClient(b.ws, code, tokens["bob"], name="bob").connect()
+        started += [ann, bob]
+        typing = [_type(ann, "abcdefghij" * 12, seed=1, pause=0.01), _type(bob, "ABCDEFGHIJ" * 12, seed=2, pause=0.01)]
+        time.sleep(0.4)
+        a.stop(signal.SIGKILL)
+        wait_for(lambda: not ann.connected, 10, "ann's socket to drop with its replica")
+        ann.connect(b.ws)
+        for thread in typing:
+            thread.join(60)
+        ann.wait_until_acked()
+        bob.wait_until_acked()
+        expected = Counter("abcdefghij" * 12 + "ABCDEFGHIJ" * 12)
+        wait_for(lambda: Counter(ann.content()) == expected == Counter(bob.content()), 20, "both to hold everything")
+        final = ann.content()
+        ann.disconnect()
+        bob.disconnect()
+        aof.stop()
+        aof.start()
+        wait_for(lambda: httpx.get(f"{b.http}/api/ready", timeout=5).status_code == 200, 30, "b ready again")
+        fresh = YjsClient(b.ws, code, tokens["ann"], name="fresh").connect(timeout=20)
+        started.append(fresh)
+        assert fresh.content() == final
+    finally:
+        for client in started:
+            client.disconnect()
+        a.stop(signal.SIGKILL)
+        b.stop(signal.SIGKILL)
+        aof.cleanup()
