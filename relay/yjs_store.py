@@ -192,7 +192,12 @@ class YjsStore:
                 await self._seed_from(code, _text(result[1]))
                 continue
             _raise_for(outcome, code)
-            snapshot, folded, seq, status = _bytes(result[1]), int(result[2]), int(result[3]), _text(result[4])
+            snapshot, folded, seq, status = (
+                _bytes(result[1]),
+                int(result[2]),
+                int(result[3]),
+                _text(result[4]),
+            )
             doc = RoomDoc(snapshot or None)
             rows = _rows(result[5:])
             expected = folded + 1
@@ -279,7 +284,9 @@ class YjsStore:
                 raise RuntimeError(f"room {code}: the stream ends at {expected - 1}, expected {target}")
             new_snapshot = doc.update_since(None)
             outcome = _text(
-                await self._run(self._compact, [keys.ydoc, keys.updates, keys.lock], [token, new_snapshot, target])
+                await self._run(
+                    self._compact, [keys.ydoc, keys.updates, keys.lock], [token, new_snapshot, target]
+                )
             )
         except BaseException:
             await self._release(keys, token)

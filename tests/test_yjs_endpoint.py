@@ -34,7 +34,12 @@ FAST = {
 @pytest.fixture(scope="module")
 def pair(redis_server: RedisServer) -> Iterator[list[Replica]]:
     """Two replicas that compact early, so that tests cross compactions."""
-    env = {"REDIS_URL": redis_server.url, **FAST, "RELAY_YJS_COMPACT_AFTER": "60", "RELAY_YJS_COMPACT_KEEP": "10"}
+    env = {
+        "REDIS_URL": redis_server.url,
+        **FAST,
+        "RELAY_YJS_COMPACT_AFTER": "60",
+        "RELAY_YJS_COMPACT_KEEP": "10",
+    }
     with replicas(2, env) as started:
         yield started
 
@@ -179,7 +184,9 @@ def test_awareness_reaches_others_and_is_cleared_when_the_socket_goes(
     wait_for(lambda: ann.doc.client_id not in cat.awareness, 10, "ann's awareness to be cleared for cat")
 
 
-def test_room_close_and_member_removal_close_yjs_sockets(pair: list[Replica], clients: list[YjsClient]) -> None:
+def test_room_close_and_member_removal_close_yjs_sockets(
+    pair: list[Replica], clients: list[YjsClient]
+) -> None:
     """An interviewer removing a member closes that member's Yjs socket (4403); closing the room closes all (4410)."""
     interviewer = token("ivy", name="Ivy", app_metadata={"role": "interviewer"})
     code = create_room(pair[0].http, interviewer)
@@ -188,7 +195,9 @@ def test_room_close_and_member_removal_close_yjs_sockets(pair: list[Replica], cl
     bob = YjsClient(pair[1].ws, code, token("bob"), name="bob").connect()
     cat = YjsClient(pair[0].ws, code, token("cat"), name="cat").connect()
     clients += [bob, cat]
-    response = httpx.delete(f"{pair[0].http}/api/room/{code}/members/bob", headers=auth(interviewer), timeout=10)
+    response = httpx.delete(
+        f"{pair[0].http}/api/room/{code}/members/bob", headers=auth(interviewer), timeout=10
+    )
     assert response.status_code < 300, response.text
     assert bob.wait_closed()[0] == 4403
     response = httpx.post(f"{pair[0].http}/api/room/{code}/close", headers=auth(interviewer), timeout=10)
@@ -208,7 +217,10 @@ def test_replica_killed_and_redis_restarted_lose_nothing_acknowledged(tmp_path: 
         ann = YjsClient(a.ws, code, tokens["ann"], name="ann").connect()
         bob = YjsClient(b.ws, code, tokens["bob"], name="bob").connect()
         started += [ann, bob]
-        typing = [_type(ann, "abcdefghij" * 12, seed=1, pause=0.01), _type(bob, "ABCDEFGHIJ" * 12, seed=2, pause=0.01)]
+        typing = [
+            _type(ann, "abcdefghij" * 12, seed=1, pause=0.01),
+            _type(bob, "ABCDEFGHIJ" * 12, seed=2, pause=0.01),
+        ]
         time.sleep(0.4)
         a.stop(signal.SIGKILL)
         wait_for(lambda: not ann.connected, 10, "ann's socket to drop with its replica")
@@ -218,7 +230,11 @@ def test_replica_killed_and_redis_restarted_lose_nothing_acknowledged(tmp_path: 
         ann.wait_until_acked()
         bob.wait_until_acked()
         expected = Counter("abcdefghij" * 12 + "ABCDEFGHIJ" * 12)
-        wait_for(lambda: Counter(ann.content()) == expected == Counter(bob.content()), 20, "both to hold everything")
+        wait_for(
+            lambda: Counter(ann.content()) == expected == Counter(bob.content()),
+            20,
+            "both to hold everything",
+        )
         final = ann.content()
         ann.disconnect()
         bob.disconnect()
