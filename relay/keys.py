@@ -14,6 +14,9 @@ Every key of a room carries the code in a hash tag, so one room lives in one Red
     relay:{CODE}:suspicious list    suspicious key presses (JSON), newest first, capped; ordinary keys are
                                     only counted, never kept
     relay:{CODE}:pubsub     channel envelopes (see protocol.py) for every replica with sockets in the room
+    relay:{CODE}:ydoc       hash    the Yjs document: snapshot, snapshot_seq, seq (see yjs_store.py)
+    relay:{CODE}:yupdates   stream  Yjs updates after the snapshot, id "<seq>-0"
+    relay:{CODE}:ylock      string  the Yjs compaction lock
 
 The room store (rooms.py) and the fan-out (hub.py) both need these names; neither imports the other.
 """
@@ -64,6 +67,9 @@ class RoomKeys:
     monitoring: str
     incidents: str
     suspicious: str
+    ydoc: str
+    yupdates: str
+    ylock: str
     channel: str
 
     @classmethod
@@ -80,15 +86,18 @@ class RoomKeys:
             monitoring=f"{prefix}:monitoring",
             incidents=f"{prefix}:incidents",
             suspicious=f"{prefix}:suspicious",
+            ydoc=f"{prefix}:ydoc",
+            yupdates=f"{prefix}:yupdates",
+            ylock=f"{prefix}:ylock",
             channel=f"{prefix}:pubsub",
         )
 
     @property
     def all(self) -> list[str]:
-        """The keys every script receives, in the order relay/lua/*.lua name them (KEYS[1..10]).
+        """The keys every script receives, in the order relay/lua/*.lua name them (KEYS[1..12]).
 
-        Every script refreshes all of them (prelude's `touch`), so monitoring data lives exactly as long
-        as its room.
+        Every script refreshes all of them (prelude's `touch`), so monitoring data and the Yjs document
+        live exactly as long as their room (and the edit script can change the text and the document).
         """
         return [
             self.room,
@@ -101,6 +110,8 @@ class RoomKeys:
             self.monitoring,
             self.incidents,
             self.suspicious,
+            self.ydoc,
+            self.yupdates,
         ]
 
 

@@ -54,6 +54,7 @@ from relay.protocol import (
     monitoring_event,
     now_ms,
     room_closed_event,
+    yjs_update_parts,
 )
 from relay.redis_errors import redis_unavailable_is_503
 
@@ -230,6 +231,20 @@ class Accepted:
 
     seq: int
     was_duplicate: bool
+    yjs_unfolded: int = 0  # Yjs updates after the snapshot, when the edit changed the Yjs document
+
+
+@dataclass(frozen=True, slots=True)
+class TextChange:
+    """The Yjs side of an editor_update (yjs_store.edit_text): `update` (b"" for none) was made against
+    the room's Yjs document at number `based_on`; the edit is stored only if it is still there."""
+
+    based_on: int
+    update: bytes
+
+
+class TextConflict(Exception):
+    """The Yjs document moved on since the edit was merged against it: merge again (not a client error)."""
 
 
 def _lua(name: str) -> str:
@@ -313,6 +328,7 @@ class Rooms:
         self._events_after = script("events_after")
         self._monitor = script("monitor")
         self._monitoring = script("monitoring")
+        self._set_text = script("yjs_text")
 
     # --- REST ------------------------------------------------------------------------------------
 
@@ -405,13 +421,25 @@ class Rooms:
     # --- events ----------------------------------------------------------------------------------
 
     @redis_unavailable_is_503
-    async def append_edit(self, code: str, identity: Identity, edit: EditorUpdate, origin: str) -> Accepted:
-        """Sequence, store and publish one editor_update."""
+    async def append_edit(
+        self,
+        code: str,
+        identity: Identity,
+        edit: EditorUpdate,
+        origin: str,
+        change: TextChange | None = None,
+    ) -> Accepted:
+        """Sequence, store and publish one editor_update; with `change`, its Yjs update in the same step
+        (raises TextConflict when the Yjs document is no longer at `change.based_on`)."""
         now = now_ms()
         event = editor_update_event(
             user_id=identity.user_id, user_name=identity.user_name, edit=edit, origin=origin, ts=now
         )
         keys = RoomKeys.of(code)
+        yjs_args: list[bytes | str | int] = ["", "", "", ""]
+        if change is not None:
+            head, middle = yjs_update_parts(origin, now)
+            yjs_args = [change.based_on, change.update, head, middle]
         result = await self._run(
             self._edit,
             keys=keys.all,
@@ -426,11 +454,41 @@ class Rooms:
                 now - self._settings.history_max_age * 1000,
                 keys.channel,
                 *event.script_args(),
+                *yjs_args,
             ],
         )
         outcome = _text(result[0])
+        if outcome == "conflict":
+            raise TextConflict(code)
         self._raise_for(outcome, code)
-        return Accepted(int(result[1]), was_duplicate=outcome == "duplicate")
+        unfolded = int(result[2]) if outcome == "ok" else 0
+        return Accepted(int(result[1]), was_duplicate=outcome == "duplicate", yjs_unfolded=unfolded)
+
+    @redis_unavailable_is_503
+    async def set_text(self, code: str, identity: Identity, content: str, yseq: int) -> int | None:
+        """The room's text as of Yjs update `yseq` (yjs_store's text mirror): stored, and sent to
+        whole-document clients as one editor_update by `identity`; its seq, or None when unchanged."""
+        now = now_ms()
+        edit = EditorUpdate(content=content, cursor_position=None, client_msg_id=None)
+        event = editor_update_event(
+            user_id=identity.user_id, user_name=identity.user_name, edit=edit, origin=NO_ORIGIN, ts=now
+        )
+        keys = RoomKeys.of(code)
+        result = await self._run(
+            self._set_text,
+            keys=keys.all,
+            args=[
+                content,
+                yseq,
+                now,
+                self._settings.room_ttl,
+                self._settings.history_max_events,
+                now - self._settings.history_max_age * 1000,
+                keys.channel,
+                *event.script_args(),
+            ],
+        )
+        return int(result[1]) if _text(result[0]) == "ok" else None
 
     @redis_unavailable_is_503
     async def publish_cursor(self, code: str, identity: Identity, cursor: CursorUpdate, origin: str) -> None:

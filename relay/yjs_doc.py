@@ -17,10 +17,12 @@ string index (code point) until `apply_text_edits` converts it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+import orjson
 from diff_match_patch import diff_match_patch
 from pycrdt import Doc, Text, TransactionEvent, get_state
 
@@ -195,3 +197,74 @@ def apply_edits(text: str, edits: list[TextEdit]) -> str:
 
 def merge_text(base: str, mine: str, current: str) -> str:
     return apply_edits(current, rebase_edit(base, mine, current))
+
+
+class TextBases:
+    """The texts a whole-document client may have based its next edit on: the last few it was sent
+    (room_state, others' editor_update) and the last it sent.
+
+    A client's edit crosses relay's frames on the wire: relay cannot know which of them the client had
+    applied when it typed. The candidate closest to the new text (fewest characters outside a common
+    prefix and suffix) is taken: one keystroke away from its true base, many away from the others.
+    Frames are kept as the (shared) frame text and parsed only when an edit needs them.
+    """
+
+    __slots__ = ("_items",)
+
+    KEPT: Final = 4
+
+    def __init__(self) -> None:
+        self._items: deque[str | _Frame] = deque(maxlen=self.KEPT)
+
+    def saw_text(self, text: str) -> None:
+        self._items.append(text)
+
+    def saw_frame(self, frame: str) -> None:
+        """An editor_update frame's JSON text (its `content` is read only if needed)."""
+        self._items.append(_Frame(frame))
+
+    def base_for(self, new: str) -> str | None:
+        best: str | None = None
+        best_distance = -1
+        for item in reversed(self._items):  # newest first: it wins a tie
+            text = item if isinstance(item, str) else item.content()
+            if text is None:
+                continue
+            distance = _distance(text, new)
+            if best is None or distance < best_distance:
+                best, best_distance = text, distance
+        return best
+
+
+class _Frame:
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: str) -> None:
+        self.frame = frame
+
+    def content(self) -> str | None:
+        try:
+            content = orjson.loads(self.frame).get("content")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return content if isinstance(content, str) else None
+
+
+def _distance(a: str, b: str) -> int:
+    """Characters of a and b outside their common prefix and suffix: 0 for equal texts, 1 per keystroke."""
+    limit = min(len(a), len(b))
+    prefix = _common_prefix(a, b)
+    suffix = min(_common_prefix(a[::-1], b[::-1]), limit - prefix)
+    return len(a) + len(b) - 2 * (prefix + suffix)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the common prefix, by bisection over slice comparisons (done in C, not per character)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

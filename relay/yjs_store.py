@@ -22,25 +22,28 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from relay.auth import Identity
 from relay.config import Settings
 from relay.errors import MemberRemoved, NotMember, RelayError, RoomClosed, RoomNotFound, Unavailable
 from relay.keys import RoomKeys
-from relay.protocol import Envelope, now_ms, yjs_update_parts
+from relay.protocol import NO_ORIGIN, EditorUpdate, Envelope, now_ms, yjs_update_parts
 from relay.redis_errors import redis_unavailable_is_503
-from relay.yjs_doc import RoomDoc, TextEdit
+from relay.rooms import Accepted, Rooms, TextChange, TextConflict
+from relay.yjs_doc import RoomDoc, TextEdit, apply_edits, rebase_edit
 
 logger = logging.getLogger("relay.yjs")
 
 READ_CHUNK: Final = 1000  # updates per round trip when reading a tail
 LOAD_ATTEMPTS: Final = 5  # a compaction that trims while we read a long tail makes us start over
 LOCK_MS: Final = 60_000
+EDIT_ATTEMPTS: Final = 8  # merges of one whole-document edit racing other edits before giving up
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,16 @@ class LoadedDoc:
 
 
 @dataclass(frozen=True, slots=True)
+class TextEdited:
+    """A whole-document edit as stored: `content` is the room's text after it; `kept` when that is
+    exactly what the client sent (its edit crossed nobody's)."""
+
+    accepted: Accepted
+    content: str
+    kept: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Compaction:
     folded: int  # the snapshot now covers updates 1..folded
     updates: int  # how many updates this run folded into it
@@ -129,14 +142,10 @@ class YjsStore:
     """
 
     def __init__(
-        self,
-        redis_client: aioredis.Redis,
-        scripts: ScriptRunner,
-        settings: Settings,
-        *,
-        sharded_publish: bool = False,
+        self, redis_client: aioredis.Redis, rooms: Rooms, settings: Settings, *, sharded_publish: bool = False
     ) -> None:
-        self._scripts = scripts
+        self._rooms = rooms
+        self._scripts: ScriptRunner = rooms.scripts
         self._settings = settings
         publish = f"local PUBLISH = '{'SPUBLISH' if sharded_publish else 'PUBLISH'}'\n"
 
@@ -173,6 +182,38 @@ class YjsStore:
                 _raise_for(outcome, code)
             await self.load(code)  # seeds the document, then the append goes through
         raise Unavailable("the room's document could not be started; retry")
+
+    @redis_unavailable_is_503
+    async def edit_text(
+        self, code: str, identity: Identity, edit: EditorUpdate, origin: str, base: str | None
+    ) -> TextEdited:
+        """A whole-document client's edit, as an edit of the shared text that keeps others' typing.
+
+        The change base -> edit.content is rebased onto the current document (yjs_doc.rebase_edit),
+        stored as a Yjs update and as an editor_update carrying the merged text, in one step that
+        holds only if nobody changed the document meanwhile (else it merges again). Without a known
+        base, the client's text replaces the document (what every edit did before Yjs).
+        """
+        for _ in range(EDIT_ATTEMPTS):
+            loaded = await self.load(code)
+            current = loaded.doc.content()
+            edits = rebase_edit(base if base is not None else current, edit.content, current)
+            merged = apply_edits(current, edits)
+            update = loaded.doc.apply_text_edits(edits, current) if edits else b""
+            kept = merged == edit.content
+            try:
+                accepted = await self._rooms.append_edit(
+                    code,
+                    identity,
+                    edit if kept else replace(edit, content=merged),
+                    # A merged edit goes back to its sender as a full editor_update, not as an ack.
+                    origin if kept else NO_ORIGIN,
+                    TextChange(loaded.seq, update),
+                )
+            except TextConflict:
+                continue
+            return TextEdited(accepted, merged, kept)
+        raise Unavailable("the document kept changing while your edit was merged into it; resend it")
 
     @redis_unavailable_is_503
     async def publish_volatile(self, code: str, kind: str, origin: str, message: bytes) -> None:
@@ -351,6 +392,47 @@ class Compactor:
 
     async def aclose(self) -> None:
         tasks = list(self._pending.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class TextMirror:
+    """Keeps the room's text (what whole-document clients, GET /api/room and redis-cli see) in step with
+    Yjs edits: a while (`delay`) after a Yjs update, the document is folded and its text stored and sent
+    as one editor_update, coalescing every keystroke in between. Any replica may run it; the script
+    keeps only the newest text."""
+
+    def __init__(self, store: YjsStore, rooms: Rooms, *, delay: float) -> None:
+        self._store = store
+        self._rooms = rooms
+        self._delay = delay
+        self._authors: dict[str, Identity] = {}
+        self._pending: dict[str, asyncio.Task[None]] = {}
+
+    def changed(self, code: str, author: Identity) -> None:
+        self._authors[code] = author
+        if code not in self._pending:
+            self._pending[code] = asyncio.create_task(self._run(code), name=f"yjs-text-{code}")
+
+    async def _run(self, code: str) -> None:
+        try:
+            await asyncio.sleep(self._delay)
+            author = self._authors.pop(code)
+            loaded = await self._store.load(code)
+            await self._rooms.set_text(code, author, loaded.doc.content(), loaded.seq)
+        except RelayError as error:
+            logger.warning("room %s: text not updated: %s", code, error.message)
+        except Exception:
+            logger.exception("room %s: text update failed", code)
+        finally:
+            self._pending.pop(code, None)
+            if code in self._authors:  # changed while this run folded: one more run covers it
+                self.changed(code, self._authors[code])
+
+    async def aclose(self) -> None:
+        tasks = list(self._pending.values())
+        self._authors.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pycrdt
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from relay.yjs_doc import (
     EMPTY_UPDATE,
     RoomDoc,
+    TextBases,
     TextEdit,
     apply_edits,
     compact,
@@ -146,3 +148,20 @@ def test_pycrdt_doc_is_what_the_fold_reads() -> None:
     doc: pycrdt.Doc[pycrdt.Text] = pycrdt.Doc()
     doc.get("content", type=pycrdt.Text).insert(0, "from pycrdt")
     assert RoomDoc(doc.get_update()).content() == "from pycrdt"
+
+
+def test_text_bases_pick_the_version_the_client_typed_on() -> None:
+    """The base is the candidate closest to the new text, even when a remote frame crossed the edit."""
+    bases = TextBases()
+    assert bases.base_for("anything") is None
+    bases.saw_text("hello world")  # room_state
+    bases.saw_frame(json.dumps({"type": "editor_update", "seq": 2, "content": "hello brave world"}))
+    # The client typed "!" on "hello world" before it applied the frame: that is its base.
+    assert bases.base_for("hello world!") == "hello world"
+    # Having applied the frame, it typed on that.
+    assert bases.base_for("hello brave world!") == "hello brave world"
+    for n in range(10):
+        bases.saw_text(f"v{n}")
+    assert bases.base_for("v9x") == "v9"
+    bases.saw_frame("not json")
+    assert bases.base_for("v9x") == "v9"

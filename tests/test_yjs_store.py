@@ -26,7 +26,7 @@ def _run(
         client = aioredis.Redis.from_url(redis_server.url)
         settings = Settings(redis_url=redis_server.url, dev_mode=True)
         rooms = Rooms(client, settings)
-        store = YjsStore(client, rooms.scripts, settings)
+        store = YjsStore(client, rooms, settings)
         try:
             return await scenario(store, rooms, client)
         finally:

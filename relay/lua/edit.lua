@@ -1,5 +1,6 @@
 -- ARGV: user_id, content, cursor_json|'', msg_id|'', now_ms, ttl, maxlen, minid, channel,
--- then the event's SequencedEnvelope.script_args() (ARGV[10..16]).
+-- then the event's SequencedEnvelope.script_args() (ARGV[10..16]),
+-- then the Yjs side (yjs_store.TextChange.script_args): based_on|'', update|'', yjs_head, yjs_middle.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status ~= 'open' then return {'closed'} end
@@ -11,6 +12,18 @@ if ARGV[4] ~= '' then
     local msg, seq = string.match(last, '^(.*) (%d+)$')
     if msg == ARGV[4] then return {'duplicate', tonumber(seq)} end
   end
+end
+-- The shared document changed since the edit was merged against it: the caller merges again.
+local yseq = nil
+if ARGV[17] ~= '' then
+  yseq = tonumber(redis.call('HGET', KEYS[11], 'seq') or '-1')
+  if yseq ~= tonumber(ARGV[17]) then return {'conflict'} end
+  if ARGV[18] ~= '' then
+    yseq = redis.call('HINCRBY', KEYS[11], 'seq', 1)
+    redis.call('XADD', KEYS[12], yseq .. '-0', 'u', ARGV[18], 'o', ARGV[11])
+    redis.call(PUBLISH, ARGV[9], ARGV[19] .. yseq .. ARGV[20] .. ARGV[18])
+  end
+  redis.call('HSET', KEYS[1], 'content_yseq', yseq)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'content', ARGV[2], 'updated_at', ARGV[5])
@@ -25,5 +38,9 @@ if seq == 1 then table.insert(created, 5) end
 record_sequenced(seq, 10, ARGV[9], ARGV[7])
 -- XADD trims by count on every event; the age bound can lag by 64 events.
 if seq % 64 == 0 then redis.call('XTRIM', KEYS[5], 'MINID', '~', ARGV[8]) end
+if yseq and ARGV[18] ~= '' then table.insert(created, 12) end
 keep_alive(ARGV[6], unpack(created))
-return {'ok', seq}
+if yseq then
+  return {'ok', seq, yseq - tonumber(redis.call('HGET', KEYS[11], 'snapshot_seq') or '0')}
+end
+return {'ok', seq, 0}

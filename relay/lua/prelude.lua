@@ -1,6 +1,7 @@
 -- Prepended to every script of this directory (rooms.py loads them): the helpers they share.
 -- KEYS, the same for every script (keys.RoomKeys.all): [1] room, [2] members, [3] cursors, [4] presence,
--- [5] events, [6] acks, [7] removed, [8] monitoring (counts), [9] incidents, [10] suspicious.
+-- [5] events, [6] acks, [7] removed, [8] monitoring (counts), [9] incidents, [10] suspicious,
+-- [11] ydoc, [12] yupdates.
 -- PUBLISH, the publish command, is defined in front of this file by rooms.py: 'PUBLISH' for one Redis,
 -- 'SPUBLISH' on a Redis Cluster (sharded pub/sub, delivered by the room's shard only).
 local function touch(ttl)
