@@ -32,6 +32,8 @@ from relay.origins import cors_origins
 from relay.rooms import Rooms
 from relay.services import Services
 from relay.ws import websocket_endpoint
+from relay.yjs_store import YjsStore
+from relay.yjs_ws import yjs_endpoint
 
 logger = logging.getLogger("relay.app")
 
@@ -135,6 +137,7 @@ def create_app(settings: Settings) -> Starlette:
             retry_after=settings.shed_retry_after,
         )
         hub = Hub(bus, admission)
+        yjs = YjsStore(redis_client, rooms, settings, sharded_publish=settings.redis_cluster)
         services = Services(
             settings=settings,
             auth=Authenticator(settings),
@@ -143,6 +146,7 @@ def create_app(settings: Settings) -> Starlette:
             bus=bus,
             hub=hub,
             admission=admission,
+            yjs=yjs,
             replica_id=replica_id,
         )
         app.state.services = services
@@ -159,6 +163,8 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await lifecycle.stop(services, tasks)
+            with contextlib.suppress(Exception):
+                await yjs.aclose()
             with contextlib.suppress(Exception):
                 await services.rooms.aclose()
             with contextlib.suppress(Exception):
@@ -183,7 +189,12 @@ def create_app(settings: Settings) -> Starlette:
             )
         )
     return Starlette(
-        routes=[*api.routes, WebSocketRoute("/ws/{room_code}", websocket_endpoint), *page.routes(settings)],
+        routes=[
+            *api.routes,
+            WebSocketRoute("/ws/{room_code}", websocket_endpoint),
+            WebSocketRoute("/yjs/{room_code}", yjs_endpoint),
+            *page.routes(settings),
+        ],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers=api.exception_handlers,

@@ -23,7 +23,7 @@ from relay.admission import Admission
 from relay.bus import Disconnected, Message, PubSubBus, Reconnected
 from relay.keys import RoomKeys, code_of_channel
 from relay.protocol import Envelope, now_ms, redis_status_frame
-from relay.session import RESYNC, Connection, DurableEvent, VolatileFrame, item_of
+from relay.session import RESYNC, Connection, DurableEvent, VolatileFrame, YjsFrame, item_of
 
 logger = logging.getLogger("relay.hub")
 
@@ -145,11 +145,18 @@ class Hub:
             metrics.DELIVERY_LATENCY.observe(age)
         # Frames for one role only (monitoring alerts: interviewers) never reach another role's socket.
         for_role = envelope.for_role
+        # Yjs sockets take binary items, and of the JSON events only those that close them.
+        closes = (isinstance(item, DurableEvent) and item.closes_room) or (
+            isinstance(item, VolatileFrame) and item.removes_user is not None
+        )
+        for_yjs = isinstance(item, YjsFrame)
         sent = 0
         for connection in tuple(connections):
             if connection.id == envelope.origin and age is not None and self._admission is not None:
                 # Stamped by this replica, so on this clock: how long pub/sub took to bring it back.
                 self._admission.observe_round_trip(age)
+            if connection.speaks_yjs != for_yjs and not (closes and connection.speaks_yjs):
+                continue
             # The sender's own socket gets an ack for a durable event (its writer's choice), nothing for
             # a volatile one.
             if isinstance(item, VolatileFrame) and connection.id == item.origin:

@@ -578,7 +578,13 @@ def yjs_update_parts(origin: str, ts: int) -> tuple[bytes, bytes]:
 
 
 def connection_gone_template(ts: int) -> tuple[bytes, bytes]:
-    """The `g` envelope split where the connection id goes, for the presence sweep (lua/prelude.lua)."""
+    """The `g` envelope split where the connection id goes."""
     hole = "\x00"
     head, tail = Envelope(KIND_CONNECTION_GONE, hole, 0, None, ts, b"").pack().split(hole.encode())
     return head, tail
+
+
+def sweep_templates(ts: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """What lua/prelude.lua's `sweep` publishes for dead presence entries: member_left's envelope
+    around a user id, then the connection-gone envelope around a connection id."""
+    return (*member_left_template(ts), *connection_gone_template(ts))

@@ -49,11 +49,11 @@ from relay.protocol import (
     editor_update_event,
     member_joined_frame,
     member_left_frame,
-    member_left_template,
     member_removed_frame,
     monitoring_event,
     now_ms,
     room_closed_event,
+    sweep_templates,
     yjs_update_parts,
 )
 from relay.redis_errors import redis_unavailable_is_503
@@ -524,7 +524,7 @@ class Rooms:
                 self._settings.room_ttl,
                 self._settings.max_connections_per_user,
                 self._settings.max_connections_per_room,
-                *member_left_template(now),
+                *sweep_templates(now),
             ],
         )
         outcome = int(result)
@@ -554,7 +554,7 @@ class Rooms:
                 now + self._settings.presence_ttl * 1000,
                 now,
                 keys.channel,
-                *member_left_template(now),
+                *sweep_templates(now),
                 *(f"{user_id}\t{connection_id}" for user_id, connection_id in entries),
             ],
         )
@@ -596,7 +596,7 @@ class Rooms:
                 user_id,
                 keys.channel,
                 Envelope(KIND_EVENT, connection_id, 0, None, now, left).pack(),
-                *member_left_template(now),
+                *sweep_templates(now),
             ],
         )
 

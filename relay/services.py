@@ -11,6 +11,7 @@ from relay.config import Settings
 from relay.hub import Hub
 from relay.limits import Quotas
 from relay.rooms import Rooms
+from relay.yjs_store import YjsStore
 
 
 @dataclass(slots=True)
@@ -22,5 +23,6 @@ class Services:
     bus: PubSubBus
     hub: Hub
     admission: Admission
+    yjs: YjsStore
     replica_id: str
     is_draining: bool = False

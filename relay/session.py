@@ -13,12 +13,13 @@ import logging
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import ClassVar, Final
 
 from relay import metrics
 from relay.auth import Identity
 from relay.errors import MemberRemoved, RelayError, RoomClosed, SlowConsumer
 from relay.protocol import Envelope, ack_frame
+from relay.yjs_doc import TextBases
 
 logger = logging.getLogger("relay.session")
 
@@ -62,17 +63,30 @@ class VolatileFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class YjsFrame:
+    """A binary item for a Yjs socket (yjs_ws.py): `kind` is the envelope kind (protocol.YJS_KINDS:
+    a numbered update, awareness, a query, a connection gone) or a reply of the socket's own reader."""
+
+    kind: str
+    seq: int
+    origin: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Resync:
     """Check the history for anything missed (Redis came back, or the hub restarted)."""
 
 
 RESYNC: Final = Resync()
 
-QueueItem = DurableEvent | EarlyAck | VolatileFrame | Resync
+QueueItem = DurableEvent | EarlyAck | VolatileFrame | Resync | YjsFrame
 
 
-def item_of(envelope: Envelope) -> DurableEvent | VolatileFrame:
+def item_of(envelope: Envelope) -> DurableEvent | VolatileFrame | YjsFrame:
     """What every socket of the room gets for one envelope from the bus."""
+    if envelope.is_yjs:
+        return YjsFrame(envelope.kind, envelope.seq, envelope.origin, envelope.frame)
     if envelope.seq:
         return DurableEvent.of(envelope)
     return VolatileFrame(envelope.frame.decode(), envelope.origin, envelope.removes_member)
@@ -118,6 +132,8 @@ def decide(item: QueueItem, *, last_seq: int, connection_id: str, caught_up: boo
         return Skip("resynced") if caught_up else CatchUp(upto=None)
     if isinstance(item, VolatileFrame):
         return Send(item.text)
+    if isinstance(item, YjsFrame):
+        return Skip("a Yjs item reached a JSON socket")  # the hub never routes one here
     if item.seq <= last_seq:
         return Skip("already sent: a duplicate from history or a late copy of an ack")
     if item.seq > last_seq + 1 and not caught_up:
@@ -172,6 +188,10 @@ class SendQueue:
 class Connection:
     """One WebSocket of one user in one room, on this replica."""
 
+    # A Yjs socket (yjs_ws.YjsConnection) takes YjsFrames, and of the JSON events only those that close
+    # it; a /ws socket never gets a YjsFrame.
+    speaks_yjs: ClassVar[bool] = False
+
     room_code: str
     identity: Identity
     role: str
@@ -181,11 +201,14 @@ class Connection:
     last_seq: int = 0
     closing: RelayError | None = None
     queue: SendQueue = field(init=False)
+    # What this socket's client may have based its next whole-document edit on (yjs_doc.TextBases).
+    bases: TextBases = field(init=False)
     # Resolved by kick(): a bare future, not a task waiting on an event (memory per idle socket counts).
     kicked: asyncio.Future[None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.queue = SendQueue(self.queue_size)
+        self.bases = TextBases()
         self.kicked = asyncio.get_running_loop().create_future()
 
     def offer(self, item: QueueItem) -> None:
@@ -213,6 +236,8 @@ class Connection:
                 return False
             return True
         self.last_seq = item.seq
+        if isinstance(item, DurableEvent) and item.origin != self.id:
+            self.bases.saw_frame(item.text)
         if isinstance(item, DurableEvent) and item.closes_room:
             self.kick(RoomClosed(f"room {self.room_code} has been closed by its interviewer"))
         return True

@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -69,11 +71,15 @@ from relay.session import (
     Resync,
     Send,
     VolatileFrame,
+    YjsFrame,
     decide,
     durable_text,
 )
 
 logger = logging.getLogger("relay.ws")
+
+C = TypeVar("C", bound=Connection)
+T = TypeVar("T")
 
 _RECEIVED = {
     kind: metrics.FRAMES_RECEIVED.labels(name)
@@ -98,68 +104,84 @@ MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
-    settings = services.settings
-    if not origin_allowed(settings, websocket.headers.get("origin"), websocket.headers.get("host")):
-        logger.warning("websocket refused: origin %r not allowed", websocket.headers.get("origin"))
-        await websocket.send_denial_response(
-            JSONResponse(
-                OriginNotAllowed(
-                    "this Origin may not open relay WebSockets (see RELAY_ALLOWED_ORIGINS)"
-                ).as_dict(),
-                status_code=OriginNotAllowed.http_status,
-            )
-        )
+    if await refuse_origin(websocket, services):
         return
     await websocket.accept()
     try:
-        connection, snapshot = await _open(websocket, services)
+        last_seq = _last_seq(websocket.query_params.get("last_seq"))
+        connection, snapshot = await open_connection(
+            websocket, services, Connection, lambda connection: _snapshot(services, connection, last_seq)
+        )
     except RelayError as error:
         # Nothing was sent yet: a closed room or a removed member gets its error frame like any refusal.
-        await _close(websocket, error, announced=False)
+        await close_socket(websocket, error, announced=False)
         return
     try:
         await _send_initial_state(websocket, connection, snapshot)
         # The snapshot holds the whole document; this frame lives as long as the socket does.
         del snapshot
-        await _serve(websocket, services, connection)
+        await serve(
+            services,
+            connection,
+            lambda watch: _read(websocket, services, connection, watch),
+            _write(websocket, services, connection),
+        )
     except WebSocketDisconnect:
         pass
     finally:
-        await services.hub.remove(connection)
-        with contextlib.suppress(RelayError):
-            await services.rooms.presence_remove(
-                connection.room_code, connection.identity.user_id, connection.id
-            )
+        await close_connection(services, connection)
     if connection.closing is not None:
         # room_closed and member_removed frames already told the client why.
         announced = isinstance(connection.closing, RoomClosed | MemberRemoved)
-        await _close(websocket, connection.closing, announced=announced)
+        await close_socket(websocket, connection.closing, announced=announced)
 
 
-async def _open(websocket: WebSocket, services: Services) -> tuple[Connection, Snapshot]:
-    """Every check of the handshake, then registration; raises the refusal to close with."""
+# --- the handshake and the socket's life, shared with the Yjs endpoint (yjs_ws.py) -----------------
+
+
+async def refuse_origin(websocket: WebSocket, services: Services) -> bool:
+    """Answer HTTP 403 before the upgrade when the Origin is not allowed; True when refused."""
+    if origin_allowed(services.settings, websocket.headers.get("origin"), websocket.headers.get("host")):
+        return False
+    logger.warning("websocket refused: origin %r not allowed", websocket.headers.get("origin"))
+    await websocket.send_denial_response(
+        JSONResponse(
+            OriginNotAllowed(
+                "this Origin may not open relay WebSockets (see RELAY_ALLOWED_ORIGINS)"
+            ).as_dict(),
+            status_code=OriginNotAllowed.http_status,
+        )
+    )
+    return True
+
+
+async def open_connection(
+    websocket: WebSocket,
+    services: Services,
+    kind: type[C],
+    prepare: Callable[[C], Awaitable[T]],
+) -> tuple[C, T]:
+    """Every check of the handshake, registration, then `prepare` (the endpoint's first read of the
+    room, e.g. the snapshot); raises the refusal to close with, leaving nothing registered."""
     if services.is_draining:
         raise Unavailable("this replica is shutting down; reconnect to another")
     if not services.admission.admits_socket():
         retry_after = services.admission.socket_retry_after()
         raise Overloaded(f"this replica is overloaded; retry in {retry_after} s", retry_after)
     code = normalize_code(websocket.path_params.get("room_code", ""))
-    last_seq = _last_seq(websocket.query_params.get("last_seq"))
     identity = await services.auth.authenticate(_token(websocket))
     member = await services.rooms.member(code, identity.user_id)
-    connection = Connection(code, identity, member.role, services.settings.send_queue_frames)
+    connection = kind(code, identity, member.role, services.settings.send_queue_frames)
     logs.connection_id.set(connection.id)
     logs.room_code.set(code)
-    # Subscribe before reading the snapshot so no event falls between the two; the writer drops
-    # what the snapshot already covers.
+    # Subscribe before reading the room so no event falls between the two; the writer drops what the
+    # read already covers.
     await services.hub.add(connection)
     is_present = False
     try:
         await services.rooms.presence_add(code, identity, member.role, connection.id)
         is_present = True
-        snapshot = await services.rooms.snapshot(code, last_seq)
-        if snapshot.info.status != "open":
-            raise RoomClosed(f"room {code} has been closed by its interviewer")
+        prepared = await prepare(connection)
     except BaseException:
         await services.hub.remove(connection)
         if is_present:
@@ -168,7 +190,22 @@ async def _open(websocket: WebSocket, services: Services) -> tuple[Connection, S
                 await services.rooms.presence_remove(code, identity.user_id, connection.id)
         raise
     logger.info("connected: connection %s user %s room %s", connection.id, identity.user_id, code)
-    return connection, snapshot
+    return connection, prepared
+
+
+async def close_connection(services: Services, connection: Connection) -> None:
+    """Unregister a connection that open_connection registered: hub and presence."""
+    await services.hub.remove(connection)
+    with contextlib.suppress(RelayError):
+        await services.rooms.presence_remove(connection.room_code, connection.identity.user_id, connection.id)
+
+
+async def _snapshot(services: Services, connection: Connection, last_seq: int | None) -> Snapshot:
+    snapshot = await services.rooms.snapshot(connection.room_code, last_seq)
+    if snapshot.info.status != "open":
+        raise RoomClosed(f"room {connection.room_code} has been closed by its interviewer")
+    connection.bases.saw_text(snapshot.content)
+    return snapshot
 
 
 def _token(websocket: WebSocket) -> str | None:
@@ -238,13 +275,18 @@ async def _send_initial_state(websocket: WebSocket, connection: Connection, snap
     connection.last_seq = info.seq
 
 
-async def _serve(websocket: WebSocket, services: Services, connection: Connection) -> None:
+async def serve(
+    services: Services,
+    connection: Connection,
+    read: Callable[[TokenWatch], Coroutine[Any, Any, None]],
+    write: Coroutine[Any, Any, None],
+) -> None:
     """Run reader and writer until one ends or the connection is kicked; the token watch is two timers."""
     settings = services.settings
-    watch = _TokenWatch(settings.token_expiry_warning, settings.token_grace, connection)
+    watch = TokenWatch(settings.token_expiry_warning, settings.token_grace, connection)
     tasks: set[asyncio.Future[None]] = {
-        asyncio.create_task(_read(websocket, services, connection, watch), name=f"ws-read-{connection.id}"),
-        asyncio.create_task(_write(websocket, services, connection), name=f"ws-write-{connection.id}"),
+        asyncio.create_task(read(watch), name=f"ws-read-{connection.id}"),
+        asyncio.create_task(write, name=f"ws-write-{connection.id}"),
     }
     try:
         done, _ = await asyncio.wait({*tasks, connection.kicked}, return_when=asyncio.FIRST_COMPLETED)
@@ -261,7 +303,7 @@ async def _serve(websocket: WebSocket, services: Services, connection: Connectio
                 connection.kick(InternalError("internal error; reconnect to resume"))
 
 
-async def _read(websocket: WebSocket, services: Services, connection: Connection, watch: _TokenWatch) -> None:
+async def _read(websocket: WebSocket, services: Services, connection: Connection, watch: TokenWatch) -> None:
     settings = services.settings
     rooms = services.rooms
     admission = services.admission
@@ -320,8 +362,12 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                 continue
             started = time.monotonic()
             try:
-                accepted = await rooms.append_edit(
-                    connection.room_code, connection.identity, frame, connection.id
+                edited = await services.yjs.edit_text(
+                    connection.room_code,
+                    connection.identity,
+                    frame,
+                    connection.id,
+                    connection.bases.base_for(frame.content),
                 )
                 admission.observe_round_trip(time.monotonic() - started)
             except Unavailable as error:
@@ -330,12 +376,16 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
             except RelayError as error:
                 connection.kick(error)
                 return
+            accepted = edited.accepted
+            connection.bases.saw_text(frame.content)
             if accepted.was_duplicate and accepted.seq <= connection.last_seq:
                 # Accepted earlier (its ack was lost with an old socket): confirm it again, out of band.
                 ack = ack_frame(accepted.seq, frame.client_msg_id, duplicate=True).decode()
                 connection.offer(VolatileFrame(ack))
-            else:
+            elif edited.kept:
                 connection.offer(EarlyAck(accepted.seq, frame.client_msg_id))
+            # else: merged with edits this client had not seen; the event itself (with the merged text
+            # and this edit's client_msg_id) comes back through the channel, in order, instead of an ack.
         elif isinstance(frame, CursorUpdate | WindowFocusLost | KeystrokeMonitoring) and not (
             admission.admits_frame()
         ):
@@ -413,7 +463,7 @@ class _FloodWatch:
         return self._count > self._limit
 
 
-class _TokenWatch:
+class TokenWatch:
     """Warns before the socket's token expires and kicks it at expiry: two timers, rescheduled on refresh.
 
     With a grace (RELAY_TOKEN_GRACE, for frontends that cannot refresh) the kick comes that long after
@@ -460,7 +510,7 @@ async def _write(websocket: WebSocket, services: Services, connection: Connectio
             await _catch_up(websocket, services, connection, upto=decision.upto)
             decision = decide(item, last_seq=connection.last_seq, connection_id=connection.id, caught_up=True)
         if isinstance(decision, Send):
-            assert not isinstance(item, Resync)  # a resync is never sent
+            assert not isinstance(item, Resync | YjsFrame)  # never sent
             await websocket.send_text(decision.text)
             if not connection.has_sent(item):
                 return
@@ -517,8 +567,9 @@ def _shed_notice(retry_after: int, client_msg_id: str | None = None) -> Volatile
     return VolatileFrame(frame.decode())
 
 
-async def _close(websocket: WebSocket, error: RelayError, *, announced: bool) -> None:
-    """An error frame (unless a frame of its own already `announced` the reason), then the close."""
+async def close_socket(websocket: WebSocket, error: RelayError, *, announced: bool) -> None:
+    """An error frame (unless a frame of its own already `announced` the reason, or the client cannot
+    read JSON: the Yjs endpoint), then the close with the error's code and reason."""
     metrics.REFUSALS.labels(error.code).inc()
     reason = error.message.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
     if websocket.application_state == WebSocketState.DISCONNECTED:

@@ -200,33 +200,40 @@ def merge_text(base: str, mine: str, current: str) -> str:
 
 
 class TextBases:
-    """The texts a whole-document client may have based its next edit on: the last few it was sent
-    (room_state, others' editor_update) and the last it sent.
+    """The texts a whole-document client may have based its next edit on.
 
-    A client's edit crosses relay's frames on the wire: relay cannot know which of them the client had
-    applied when it typed. The candidate closest to the new text (fewest characters outside a common
-    prefix and suffix) is taken: one keystroke away from its true base, many away from the others.
-    Frames are kept as the (shared) frame text and parsed only when an edit needs them.
+    Those are the client's own last edit (or its room_state) and every editor_update relay sent it
+    since the edit before that one: a frame sent earlier had reached the client before it made its last
+    edit. A client's edit crosses relay's frames on the wire, so relay cannot know which of these the
+    client had applied when it typed; the one closest to the new text (fewest characters outside a
+    common prefix and suffix) is taken: one keystroke away from its true base, further from the others.
+    Frames are kept as the frame text the hub shares between sockets, parsed only when an edit needs it.
     """
 
     __slots__ = ("_items",)
 
-    KEPT: Final = 4
+    KEPT: Final = 8
 
     def __init__(self) -> None:
-        self._items: deque[str | _Frame] = deque(maxlen=self.KEPT)
+        # (is the client's own text or its room_state, the text or the frame)
+        self._items: deque[tuple[bool, str | _Frame]] = deque(maxlen=self.KEPT)
 
     def saw_text(self, text: str) -> None:
-        self._items.append(text)
+        """The client's own edit as it sent it, or the document of its room_state."""
+        own = [i for i, (is_own, _) in enumerate(self._items) if is_own]
+        if own:
+            for _ in range(own[-1] + 1):
+                self._items.popleft()
+        self._items.append((True, text))
 
     def saw_frame(self, frame: str) -> None:
         """An editor_update frame's JSON text (its `content` is read only if needed)."""
-        self._items.append(_Frame(frame))
+        self._items.append((False, _Frame(frame)))
 
     def base_for(self, new: str) -> str | None:
         best: str | None = None
         best_distance = -1
-        for item in reversed(self._items):  # newest first: it wins a tie
+        for _, item in reversed(self._items):  # newest first: it wins a tie
             text = item if isinstance(item, str) else item.content()
             if text is None:
                 continue

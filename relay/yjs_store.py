@@ -147,6 +147,8 @@ class YjsStore:
         self._rooms = rooms
         self._scripts: ScriptRunner = rooms.scripts
         self._settings = settings
+        self.compactor = Compactor(self, after=settings.yjs_compact_after, keep=settings.yjs_compact_keep)
+        self.mirror = TextMirror(self, rooms, delay=settings.yjs_text_delay)
         publish = f"local PUBLISH = '{'SPUBLISH' if sharded_publish else 'PUBLISH'}'\n"
 
         def script(name: str) -> AsyncScript:
@@ -165,19 +167,24 @@ class YjsStore:
         return await self._scripts.call(script, keys, args)
 
     @redis_unavailable_is_503
-    async def append(self, code: str, user_id: str, update: bytes, origin: str) -> Appended:
-        """Number, store and publish one update. Returns once Redis has it (what relay acknowledges)."""
+    async def append(self, code: str, author: Identity, update: bytes, origin: str) -> Appended:
+        """Number, store and publish one update. Returns once Redis has it (what relay acknowledges).
+
+        Then the room's text follows (TextMirror) and the stream is compacted when it grew long."""
         keys = YjsKeys.of(code)
         for _ in range(LOAD_ATTEMPTS):
             head, middle = yjs_update_parts(origin, now_ms())
             result = await self._run(
                 self._append,
                 keys.all,
-                [user_id, update, origin, self._settings.room_ttl, keys.channel, head, middle],
+                [author.user_id, update, origin, self._settings.room_ttl, keys.channel, head, middle],
             )
             outcome = _text(result[0])
             if outcome == "ok":
-                return Appended(int(result[1]), int(result[2]))
+                appended = Appended(int(result[1]), int(result[2]))
+                self.mirror.changed(code, author)
+                self.compactor.appended(code, appended.unfolded)
+                return appended
             if outcome != "unseeded":
                 _raise_for(outcome, code)
             await self.load(code)  # seeds the document, then the append goes through
@@ -212,6 +219,7 @@ class YjsStore:
                 )
             except TextConflict:
                 continue
+            self.compactor.appended(code, accepted.yjs_unfolded)
             return TextEdited(accepted, merged, kept)
         raise Unavailable("the document kept changing while your edit was merged into it; resend it")
 
@@ -340,6 +348,10 @@ class YjsStore:
     async def _release(self, keys: YjsKeys, token: str) -> None:
         await self._run(self._unlock, [keys.lock], [token])
 
+    async def aclose(self) -> None:
+        await self.mirror.aclose()
+        await self.compactor.aclose()
+
 
 def _raise_for(outcome: str, code: str) -> None:
     if outcome == "ok":
@@ -366,8 +378,8 @@ class Compactor:
         self._delay = delay
         self._pending: dict[str, asyncio.Task[None]] = {}
 
-    def appended(self, code: str, appended: Appended) -> None:
-        if appended.unfolded > self._after and code not in self._pending:
+    def appended(self, code: str, unfolded: int) -> None:
+        if unfolded > self._after and code not in self._pending:
             self._pending[code] = asyncio.create_task(self._run(code), name=f"yjs-compact-{code}")
 
     async def _run(self, code: str) -> None:

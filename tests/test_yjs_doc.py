@@ -165,3 +165,8 @@ def test_text_bases_pick_the_version_the_client_typed_on() -> None:
     assert bases.base_for("v9x") == "v9"
     bases.saw_frame("not json")
     assert bases.base_for("v9x") == "v9"
+    # A replacement of the whole text is based on the client's last edit, not on an older state.
+    bases = TextBases()
+    bases.saw_text("")
+    bases.saw_text("before")
+    assert bases.base_for("during 2") == "before"

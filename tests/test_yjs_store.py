@@ -54,7 +54,7 @@ def test_appended_updates_fold_back_in_order_with_numbers(redis_server: RedisSer
     async def scenario(store: YjsStore, rooms: Rooms, client: aioredis.Redis) -> None:
         room = await rooms.create(ANN)
         updates, text = _keystrokes(2500)
-        seqs = [(await store.append(room.code, "ann", update, "c1")).seq for update in updates]
+        seqs = [(await store.append(room.code, ANN, update, "c1")).seq for update in updates]
         assert seqs == list(range(1, 2501))
         loaded = await store.load(room.code)
         assert loaded.seq == 2500 and loaded.doc.content() == text
@@ -86,7 +86,7 @@ def test_compaction_folds_trims_exactly_and_keeps_the_newest(redis_server: Redis
         keys = YjsKeys.of(room.code)
         updates, text = _keystrokes(1200, seed=2)
         for update in updates:
-            await store.append(room.code, "ann", update, "c1")
+            await store.append(room.code, ANN, update, "c1")
         done = await store.compact(room.code, keep=100)
         assert done is not None and done.folded == 1100 and done.updates == 1100
         assert await client.xlen(keys.updates) == 100
@@ -95,7 +95,7 @@ def test_compaction_folds_trims_exactly_and_keeps_the_newest(redis_server: Redis
         assert (await store.load(room.code)).doc.content() == text
         assert await store.updates_after(room.code, 1000, 1200) is None  # folded: the caller resyncs
         assert await store.compact(room.code, keep=100) is None  # nothing new to fold
-        assert (await store.append(room.code, "ann", updates[0], "c1")).unfolded == 101
+        assert (await store.append(room.code, ANN, updates[0], "c1")).unfolded == 101
 
     _run(redis_server, scenario)
 
@@ -108,7 +108,7 @@ def test_one_compactor_at_a_time(redis_server: RedisServer) -> None:
         keys = YjsKeys.of(room.code)
         updates, text = _keystrokes(300, seed=4)
         for update in updates:
-            await store.append(room.code, "ann", update, "c1")
+            await store.append(room.code, ANN, update, "c1")
         await client.set(keys.lock, "someone-else", px=60_000)
         assert await store.compact(room.code) is None
         assert await client.get(keys.lock) == b"someone-else"
@@ -128,11 +128,11 @@ def test_appends_during_compaction_are_kept(redis_server: RedisServer) -> None:
         room = await rooms.create(ANN)
         updates, text = _keystrokes(3000, seed=5)
         for update in updates[:2000]:
-            await store.append(room.code, "ann", update, "c1")
+            await store.append(room.code, ANN, update, "c1")
 
         async def typing() -> None:
             for update in updates[2000:]:
-                await store.append(room.code, "ann", update, "c1")
+                await store.append(room.code, ANN, update, "c1")
 
         compaction, _ = await asyncio.gather(store.compact(room.code), typing())
         assert compaction is not None and compaction.folded >= 2000

@@ -46,6 +46,15 @@ from relay.yjs_protocol import (
 )
 
 
+class Refused(ConnectionError):
+    """relay closed the socket during the handshake: `code` and `reason` of its close."""
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        super().__init__(f"closed with {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
 class YjsClient:
     def __init__(self, base_ws: str, code: str, user_token: str, *, name: str = "") -> None:
         self.base_ws = base_ws
@@ -79,16 +88,21 @@ class YjsClient:
         conn = connect(
             f"{self.base_ws}/yjs/{self.code}?token={self.token}", open_timeout=10, max_size=2**23, legacy=True
         )
+        self.close_code = self.close_reason = None
         with self._lock:
             self._conn = conn
             self._awaiting.clear()
             self._awaiting.append("sync")
-            conn.send(sync_step1(self.doc.get_state()))
-        self.close_code = self.close_reason = None
+            with contextlib.suppress(ConnectionClosed):  # refused: the reader reports the close
+                conn.send(sync_step1(self.doc.get_state()))
         self._reader = threading.Thread(target=self._read, args=(conn,), daemon=True, name=f"yjs-{self.name}")
         self._reader.start()
-        if not self.synced.wait(timeout):
-            raise TimeoutError(f"{self.name}: no sync step 2 within {timeout}s (closed: {self.close_code})")
+        deadline = time.monotonic() + timeout
+        while not self.synced.wait(0.02):
+            if not self._reader.is_alive():
+                raise Refused(self.close_code, self.close_reason)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: no sync step 2 within {timeout}s")
         return self
 
     def disconnect(self) -> None:

@@ -27,14 +27,20 @@ local function user_present(uid)
   end
   return false
 end
--- Drop presence entries whose replica stopped refreshing them (it died) and tell the room.
--- left_head, left_tail: protocol.member_left_template, the member_left envelope around its user id.
-local function sweep(now, channel, left_head, left_tail)
+-- Drop presence entries whose replica stopped refreshing them (it died) and tell the room: each dead
+-- connection (its Yjs awareness is cleared) and each user with no connection left (member_left).
+-- ARGV[t..t+3]: protocol.sweep_templates: the member_left envelope around its user id, then the
+-- connection-gone envelope around its connection id.
+local function sweep(now, channel, t)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
   if #expired == 0 then return end
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  local left_head, left_tail = ARGV[t], ARGV[t + 1]
   local gone = {}
-  for _, entry in ipairs(expired) do gone[user_of(entry)] = true end
+  for _, entry in ipairs(expired) do
+    gone[user_of(entry)] = true
+    redis.call(PUBLISH, channel, ARGV[t + 2] .. string.match(entry, '\t(.*)$') .. ARGV[t + 3])
+  end
   for _, entry in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do gone[user_of(entry)] = nil end
   for uid, _ in pairs(gone) do
     redis.call(PUBLISH, channel, left_head .. cjson.encode(uid) .. left_tail)

@@ -1,10 +1,10 @@
 -- ARGV: entry, expires_ms, now_ms, user_id, channel, joined_envelope, ttl, max_per_user, max_per_room,
--- left_head, left_tail (for sweep).
+-- then protocol.sweep_templates (ARGV[10..13], for sweep).
 -- Returns 1 (user arrived), 0 (refreshed / another tab), -1 room not open, -2 too many connections of
 -- this user, -3 too many connections in the room, -4 no longer a member.
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return -1 end
 if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 then return -4 end
-sweep(ARGV[3], ARGV[5], ARGV[10], ARGV[11])
+sweep(ARGV[3], ARGV[5], 10)
 if not redis.call('ZSCORE', KEYS[4], ARGV[1]) then
   local entries = redis.call('ZRANGE', KEYS[4], 0, -1)
   local mine = 0
