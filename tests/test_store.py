@@ -18,6 +18,7 @@ from relay.config import Settings
 from relay.keys import RoomKeys
 from relay.protocol import (
     KIND_CLOSE,
+    KIND_CONNECTION_GONE,
     KIND_EVENT,
     NO_ORIGIN,
     CursorUpdate,
@@ -141,9 +142,12 @@ def test_a_swept_presence_entry_publishes_protocols_member_left() -> None:
         await asyncio.sleep(0.05)
         await rooms.presence_add(room.code, ALICE, "interviewer", "liveconn")
         envelopes = [Envelope.unpack(data) for data in await listener]
-        left = next(e for e in envelopes if orjson.loads(e.frame)["type"] == "member_left")
+        left = next(e for e in envelopes if e.kind == KIND_EVENT)
         assert (left.kind, left.origin, left.seq, left.msg_id) == (KIND_EVENT, NO_ORIGIN, 0, None)
         assert orjson.loads(left.frame) == orjson.loads(member_left_frame("bob/1", left.ts))
+        # ...and the dead connection itself, so Yjs sockets clear the awareness it had published
+        gone = next(e for e in envelopes if e.kind == KIND_CONNECTION_GONE)
+        assert (gone.origin, gone.seq, gone.frame) == ("deadconn", 0, b"")
 
     run(scenario)
 

@@ -6,6 +6,7 @@ which it sends only after Redis stored the update (tests/yjs_client.py counts th
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import threading
@@ -19,7 +20,17 @@ import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.support import RedisServer, Replica, auth, create_room, join_room, replicas, token, wait_for
+from tests.support import (
+    Client,
+    RedisServer,
+    Replica,
+    auth,
+    create_room,
+    join_room,
+    replicas,
+    token,
+    wait_for,
+)
 from tests.yjs_client import Refused, YjsClient
 
 FAST = {
@@ -259,3 +270,64 @@ def test_replica_killed_and_redis_restarted_lose_nothing_acknowledged(tmp_path: 
         a.stop(signal.SIGKILL)
         b.stop(signal.SIGKILL)
         aof.cleanup()
+
+
+def test_whole_document_and_yjs_clients_typing_at_once_both_survive(
+    pair: list[Replica], clients: list[YjsClient], redis_server: RedisServer
+) -> None:
+    """A /ws client that sends the whole text (and takes every editor_update it gets as its new text,
+    as the old frontend does) types in line C while a Yjs client types in line A, at the same time and
+    on different replicas: every keystroke of both survives, and all views end with one text."""
+    code, tokens = _room(pair[0], "ann", "bob")
+    ann = YjsClient(pair[0].ws, code, tokens["ann"], name="ann").connect()
+    clients.append(ann)
+    ann.insert(0, "line A\nline B\nline C\n")
+    ann.wait_until_acked()
+    bob = Client(pair[1].ws, code, tokens["bob"])
+    try:
+        state = bob.recv_type("room_state")
+        local = str(state["content"])
+        while local != "line A\nline B\nline C\n":
+            local = str(bob.recv_type("editor_update")["content"])
+
+        def ann_types() -> None:
+            for char in "abcdefghij":
+                text = ann.content()
+                ann.insert(text.index("\nline B"), char)
+                time.sleep(0.03)
+
+        typing = threading.Thread(target=ann_types)
+        typing.start()
+        for char in "0123456789":
+            with contextlib.suppress(TimeoutError):
+                while True:  # take whatever arrived, as the old frontend does
+                    frame = bob.recv(timeout=0.01)
+                    if frame["type"] == "editor_update":
+                        local = str(frame["content"])
+            end_of_c = local.index("line C") + len("line C")
+            while end_of_c < len(local) and local[end_of_c] != "\n":
+                end_of_c += 1
+            local = local[:end_of_c] + char + local[end_of_c:]
+            bob.send({"type": "editor_update", "content": local})
+            time.sleep(0.03)
+        typing.join(30)
+        ann.wait_until_acked()
+
+        def line(text: str, name: str) -> str:
+            return next(x for x in text.split("\n") if x.startswith(name))
+
+        ann.wait_for_text(lambda text: line(text, "line C") == "line C0123456789")
+        assert line(ann.content(), "line A") == "line Aabcdefghij"
+        final = ann.content()
+        deadline = time.monotonic() + 10
+        while local != final:  # the whole-document client ends with the same text (an ack keeps its own)
+            assert time.monotonic() < deadline, f"bob's text stayed {local!r}, not {final!r}"
+            with contextlib.suppress(TimeoutError):
+                frame = bob.recv(timeout=0.5)
+                if frame["type"] == "editor_update":
+                    local = str(frame["content"])
+    finally:
+        bob.close()
+    wait_for(lambda: _content(pair[0], tokens["ann"], code) == final, 10, "GET /api/room to show the text")
+    stored = redis.Redis.from_url(redis_server.url).hget(f"relay:{{{code}}}:room", "content")
+    assert stored == final.encode()

@@ -70,6 +70,7 @@ class YjsClient:
         self._awaiting: deque[str] = deque()
         self.acked_updates = 0
         self.sent_updates = 0
+        self.unanswered_on_old_sockets = 0
         self.synced = threading.Event()  # set by the answer to our sync step 1
         self.awareness: dict[int, AwarenessEntry] = {}  # remote awareness by client id
         self._awareness_clock = 0
@@ -91,6 +92,10 @@ class YjsClient:
         self.close_code = self.close_reason = None
         with self._lock:
             self._conn = conn
+            # Updates a previous socket never got answered for are in this connect's sync (relay's sync
+            # step 1 asks for everything it lacks), whose step 2 is answered in turn.
+            self.unanswered_on_old_sockets += self.sent_updates - self.acked_updates
+            self.sent_updates = self.acked_updates
             self._awaiting.clear()
             self._awaiting.append("sync")
             with contextlib.suppress(ConnectionClosed):  # refused: the reader reports the close
