@@ -460,6 +460,8 @@ class Envelope:
     def for_role(self) -> str | None:
         """The only role whose sockets get this envelope's frame (None: every socket of the room)."""
         return INTERVIEWER_ROLE if self.kind == KIND_INTERVIEWERS else None
+
+    @property
     def is_yjs(self) -> bool:
         """For Yjs sockets only (binary frames); the others never see it."""
         return self.kind in YJS_KINDS
