@@ -40,6 +40,7 @@ FAST = {
     "RELAY_RATE_PER_SECOND": "2000",
     "RELAY_RATE_BURST": "2000",
     "RELAY_MAX_CANDIDATES": "10",
+    "RELAY_CREATE_LIMIT": "1000",
     "RELAY_ALLOWED_ORIGINS": "https://app.example",
 }
 
