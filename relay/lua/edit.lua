@@ -1,6 +1,6 @@
 -- ARGV: user_id, content, cursor_json|'', msg_id|'', now_ms, ttl, maxlen, minid, channel,
 -- then the event's SequencedEnvelope.script_args() (ARGV[10..16]),
--- then the Yjs side (yjs_store.TextChange.script_args): based_on|'', update|'', yjs_head, yjs_middle.
+-- then the Yjs side (rooms.TextChange, '' when none): based_on, update, yjs_head, yjs_middle.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status ~= 'open' then return {'closed'} end
