@@ -183,6 +183,9 @@ class Settings:
     yjs_compact_keep: int = 100
     # Yjs: how long whole-document clients wait for the text after Yjs edits (coalescing window)
     yjs_text_delay: float = 0.15
+    # Whole-document edits are merged (not last-writer-wins) in rooms a Yjs client edits ("yjs"), or in
+    # every room ("always")
+    whole_document_merge: str = "yjs"
 
     # Connections and limits
     rate_per_second: float = 30.0
@@ -298,6 +301,9 @@ class Settings:
             yjs_compact_after=reader.integer("RELAY_YJS_COMPACT_AFTER", cls.yjs_compact_after, minimum=1),
             yjs_compact_keep=reader.integer("RELAY_YJS_COMPACT_KEEP", cls.yjs_compact_keep, minimum=0),
             yjs_text_delay=reader.number("RELAY_YJS_TEXT_DELAY", cls.yjs_text_delay, minimum=0),
+            whole_document_merge=reader.choice(
+                "RELAY_WHOLE_DOCUMENT_MERGE", cls.whole_document_merge, {"yjs", "always"}
+            ),
             rate_per_second=reader.number("RELAY_RATE_PER_SECOND", cls.rate_per_second, minimum=0.1),
             rate_burst=reader.integer("RELAY_RATE_BURST", cls.rate_burst, minimum=1),
             max_connections_per_user=reader.integer(

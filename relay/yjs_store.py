@@ -87,6 +87,7 @@ class LoadedDoc:
     doc: RoomDoc
     seq: int
     status: str
+    has_yjs_edits: bool = False  # a Yjs client has edited the room
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +199,17 @@ class YjsStore:
 
         The change base -> edit.content is rebased onto the current document (yjs_doc.rebase_edit),
         stored as a Yjs update and as an editor_update carrying the merged text, in one step that
-        holds only if nobody changed the document meanwhile (else it merges again). Without a known
-        base, the client's text replaces the document (what every edit did before Yjs).
+        holds only if nobody changed the document meanwhile (else it merges again).
+
+        Merging happens in rooms where a Yjs client edits, or in every room with
+        RELAY_WHOLE_DOCUMENT_MERGE=always. Otherwise, and without a known base, the client's text
+        replaces the document verbatim (last writer wins, what every edit did before Yjs).
         """
         for _ in range(EDIT_ATTEMPTS):
             loaded = await self.load(code)
             current = loaded.doc.content()
-            edits = rebase_edit(base if base is not None else current, edit.content, current)
+            merges = loaded.has_yjs_edits or self._settings.whole_document_merge == "always"
+            edits = rebase_edit(base if base is not None and merges else current, edit.content, current)
             merged = apply_edits(current, edits)
             update = loaded.doc.apply_text_edits(edits, current) if edits else b""
             kept = merged == edit.content
@@ -247,8 +252,9 @@ class YjsStore:
                 int(result[3]),
                 _text(result[4]),
             )
+            has_yjs_edits = bool(int(result[5]))
             doc = RoomDoc(snapshot or None)
-            rows = _rows(result[5:])
+            rows = _rows(result[6:])
             expected = folded + 1
             while rows and expected <= seq:
                 if rows[0][0] != expected:
@@ -261,7 +267,7 @@ class YjsStore:
                 if expected <= seq:
                     rows = await self._chunk(keys, expected, seq)
             if expected > seq:
-                return LoadedDoc(doc, seq, status)
+                return LoadedDoc(doc, seq, status, has_yjs_edits)
         raise Unavailable("the room's document kept changing shape while being read; retry")
 
     @redis_unavailable_is_503

@@ -30,6 +30,7 @@ def _run(
         try:
             return await scenario(store, rooms, client)
         finally:
+            await store.aclose()
             await rooms.aclose()
             await client.aclose()
 

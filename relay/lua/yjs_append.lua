@@ -9,6 +9,8 @@ if status ~= 'open' then return {'closed'} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {'not_member'} end
 if redis.call('EXISTS', KEYS[3]) == 0 then return {'unseeded'} end
 local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+-- A Yjs client edits this room: whole-document edits are merged from now on (yjs_store.edit_text).
+redis.call('HSETNX', KEYS[3], 'yjs_edits', 1)
 redis.call('XADD', KEYS[4], seq .. '-0', 'u', ARGV[2], 'o', ARGV[3])
 redis.call(PUBLISH, ARGV[5], ARGV[6] .. seq .. ARGV[7] .. ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
