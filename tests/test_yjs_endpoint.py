@@ -67,7 +67,8 @@ def clients() -> Iterator[list[YjsClient]]:
 
 
 def _room(replica: Replica, *users: str) -> tuple[str, dict[str, str]]:
-    tokens = {user: token(user, name=user.capitalize()) for user in users}
+    # User ids of this module's own: room-creation quotas are per user, in the Redis other modules share.
+    tokens = {user: token(f"yjs-{user}", name=user.capitalize()) for user in users}
     code = create_room(replica.http, tokens[users[0]])
     for user in users[1:]:
         join_room(replica.http, tokens[user], code)
@@ -157,7 +158,7 @@ def test_refusals_have_close_codes_and_reasons(pair: list[Replica], clients: lis
     ann = YjsClient(pair[0].ws, code, tokens["ann"], name="ann").connect()
     clients.append(ann)
     for who, room, user_token, close_code, words in [
-        ("eve", code, token("eve"), 4403, "not a member"),
+        ("eve", code, token("yjs-eve"), 4403, "not a member"),
         ("bad", code, "not-a-token", 4401, "token"),
         ("gone", "ZZZZZZ", tokens["ann"], 4404, "no room"),
     ]:
@@ -209,15 +210,13 @@ def test_room_close_and_member_removal_close_yjs_sockets(
     pair: list[Replica], clients: list[YjsClient]
 ) -> None:
     """An interviewer removing a member closes that member's Yjs socket (4403); closing the room closes all (4410)."""
-    interviewer = token("ivy", name="Ivy")
-    code = create_room(pair[0].http, interviewer)  # its creator is its interviewer
-    join_room(pair[1].http, token("bob"), code)
-    join_room(pair[1].http, token("cat"), code)
-    bob = YjsClient(pair[1].ws, code, token("bob"), name="bob").connect()
-    cat = YjsClient(pair[0].ws, code, token("cat"), name="cat").connect()
+    code, tokens = _room(pair[0], "ivy", "bob", "cat")  # its creator is its interviewer
+    interviewer = tokens["ivy"]
+    bob = YjsClient(pair[1].ws, code, tokens["bob"], name="bob").connect()
+    cat = YjsClient(pair[0].ws, code, tokens["cat"], name="cat").connect()
     clients += [bob, cat]
     response = httpx.delete(
-        f"{pair[0].http}/api/room/{code}/members/bob", headers=auth(interviewer), timeout=10
+        f"{pair[0].http}/api/room/{code}/members/yjs-bob", headers=auth(interviewer), timeout=10
     )
     assert response.status_code < 300, response.text
     assert bob.wait_closed()[0] == 4403
