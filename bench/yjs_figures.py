@@ -184,7 +184,7 @@ async def _compact(url: str, code: str) -> float:
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(url)
-    settings = Settings(redis_url=url, dev_mode=True)
+    settings = Settings(redis_url=url, dev_mode=True, yjs_compact_after=10**9)
     rooms = Rooms(client, settings)
     store = YjsStore(client, rooms, settings)
     try:

@@ -24,7 +24,8 @@ def _run(
 ) -> Any:
     async def main() -> Any:
         client = aioredis.Redis.from_url(redis_server.url)
-        settings = Settings(redis_url=redis_server.url, dev_mode=True)
+        # Compaction only when a test asks for it (not the automatic one, debounced by a second).
+        settings = Settings(redis_url=redis_server.url, dev_mode=True, yjs_compact_after=10**9)
         rooms = Rooms(client, settings)
         store = YjsStore(client, rooms, settings)
         try:
