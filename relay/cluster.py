@@ -313,13 +313,16 @@ class ShardedScripts:
         shard = self._topology.shard_of(key)
         return None if shard is None else shard.address
 
-    async def ping(self) -> dict[str, str | None]:
-        """Each primary: None when it answers, else what went wrong."""
+    async def ping(self, per_node: float = NODE_TIMEOUT) -> dict[str, str | None]:
+        """Each primary: None when it answered within `per_node` seconds, else what went wrong (a primary that
+        does not answer is reported on its own; the others' answers still count)."""
 
         async def one(address: str) -> str | None:
             try:
-                await asyncio.wait_for(self._topology.client(address).ping(), NODE_TIMEOUT)
-            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+                await asyncio.wait_for(self._topology.client(address).ping(), per_node)
+            except TimeoutError:
+                return f"no answer within {per_node:g} s"
+            except (redis.exceptions.RedisError, OSError) as exc:
                 return str(exc) or type(exc).__name__
             return None
 

@@ -677,9 +677,10 @@ class Rooms:
         """In a cluster: the primary that serves the room, as far as this replica knows."""
         return None if self._cluster is None else self._cluster.shard_address(RoomKeys.of(code).room)
 
-    async def shard_health(self) -> dict[str, str | None] | None:
-        """In a cluster: each primary, None when it answers, else the problem. None for one Redis."""
-        return None if self._cluster is None else await self._cluster.ping()
+    async def shard_health(self, per_node: float) -> dict[str, str | None] | None:
+        """In a cluster: each primary, None when it answers within `per_node` seconds, else the problem.
+        None for one Redis."""
+        return None if self._cluster is None else await self._cluster.ping(per_node)
 
     async def aclose(self) -> None:
         await self._pipeline.aclose()

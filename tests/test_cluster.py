@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from bench.processes import wait_for
 from relay.config import ConfigError, MultiNodeURL, Settings
-from tests.cluster_support import LocalCluster, slot_of
+from tests.cluster_support import LocalCluster, cli, slot_of
 from tests.support import Client, Replica, create_room, join_room, open_refused, replicas, token
 
 pytestmark = pytest.mark.cluster
@@ -71,11 +72,60 @@ def test_members_on_different_replicas_exchange_edits_in_rooms_of_every_shard(
         reader.close()
 
 
-def test_readiness_names_every_shard(cluster: LocalCluster, cluster_replicas: list[Replica]) -> None:
-    """/api/ready lists each primary as up."""
+def test_readiness_and_metrics_name_every_shard(
+    cluster: LocalCluster, cluster_replicas: list[Replica]
+) -> None:
+    """/api/ready lists each primary as up, and /metrics has relay_redis_shard_up 1 for each."""
     body = httpx.get(f"{cluster_replicas[0].http}/api/ready", timeout=5).json()
     assert body["status"] == "ready"
     assert body["shards"] == {node.address: "up" for node in cluster.primaries()}
+    text = httpx.get(f"{cluster_replicas[0].http}/metrics", timeout=5).text
+    for node in cluster.primaries():
+        assert f'relay_redis_shard_up{{shard="{node.address}"}} 1.0' in text
+    assert "relay_redis_up 1.0" in text
+
+
+def test_a_shards_pubsub_link_lost_and_regained_resubscribes_rooms_of_several_slots(
+    cluster: LocalCluster, cluster_replicas: list[Replica]
+) -> None:
+    """The server drops every pub/sub connection of one primary (CLIENT KILL TYPE pubsub): each relay
+    replica reconnects to the same node and resubscribes its rooms there, one slot at a time (a single
+    SSUBSCRIBE of channels in two slots is refused with CROSSSLOT), tells only those rooms, and live
+    delivery goes on in both rooms."""
+    a, b = cluster_replicas
+    alice, bob = token("alice"), token("bob")
+    shard = cluster.primaries()[2]
+    codes: list[str] = []
+    while len(codes) < 2:
+        code = room_on(cluster, shard.port, a, alice)
+        if all(slot_of(f"relay:{{{code}}}:room") != slot_of(f"relay:{{{c}}}:room") for c in codes):
+            codes.append(code)
+    pairs = []
+    for code in codes:
+        join_room(b.http, bob, code)
+        writer, reader = Client(a.ws, code, alice), Client(b.ws, code, bob)
+        writer.recv_type("room_state")
+        reader.recv_type("room_state")
+        pairs.append((writer, reader))
+    cli(shard.port, "CLIENT", "KILL", "TYPE", "pubsub")
+    for _, reader in pairs:
+        assert reader.recv_type("redis_status")["available"] is False
+        assert reader.recv_type("redis_status", timeout=15)["available"] is True
+
+    # Both relay replicas are subscribed again to both rooms' channels on that node, and stay so.
+    def subscribed() -> bool:
+        reply = cli(shard.port, "PUBSUB", "SHARDNUMSUB", *(f"relay:{{{code}}}:pubsub" for code in codes))
+        return reply.split()[1::2] == ["2", "2"]
+
+    wait_for(subscribed, 10, "both channels to be subscribed again")
+    time.sleep(1)
+    assert subscribed()
+    for n, (writer, reader) in enumerate(pairs):
+        seq = edit_until_acked(writer, f"after the drop {n}", f"d{n}")
+        got = reader.recv_type("editor_update")
+        assert (got["seq"], got["content"]) == (seq, f"after the drop {n}")
+        writer.close()
+        reader.close()
 
 
 def edit_until_acked(client: Client, content: str, msg_id: str, timeout: float = 30) -> int:
