@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.async_api import Page, async_playwright
 
 from tests.balancer import FailoverBalancer
-from tests.support import REPO, RedisServer, Replica, create_room, token
-from tests.test_yjs_stock_clients import require_yjs_endpoint
+from tests.support import REPO, RedisServer, Replica, auth
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -129,6 +129,19 @@ async def remote_caret_named(page: Page, name: str) -> None:
     await caret.first.wait_for(state="visible", timeout=20000)
 
 
+async def whole_document_shows(replica: Replica, code: str, user_token: str, text: str) -> None:
+    """GET /api/room/{code} serves the same text (relay mirrors Yjs edits into it, coalesced)."""
+    async with httpx.AsyncClient(base_url=replica.http, headers=auth(user_token), timeout=10) as client:
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            content = (await client.get(f"/api/room/{code}")).json().get("editor_content")
+            if content == text:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"GET /api/room/{code} shows {content!r}, the editors {text!r}")
+            await asyncio.sleep(0.2)
+
+
 async def browser_session(
     redis: RedisServer, replicas: list[Replica], balancers: dict[str, FailoverBalancer]
 ) -> None:
@@ -191,6 +204,12 @@ async def browser_session(
             await asyncio.gather(remote_caret_named(alice, "Bob"), remote_caret_named(bob, "Alice"))
             await screenshot(pages, "2-after-failover")
 
+            # Whole-document clients (GET /api/room/{code}, room_state) see the same text.
+            alice_token = await alice.evaluate(
+                "() => JSON.parse(sessionStorage.getItem('relay.session')).token"
+            )
+            await whole_document_shows(replicas[0], code, alice_token, final)
+
             # A page opened now, on the surviving replica, loads the same document.
             late = await (await browser.new_context()).new_page()
             await sign_in(late, balancers["alice"].http, "Alice", "interviewer")
@@ -222,8 +241,6 @@ def test_two_browsers_type_together_through_two_replicas_and_survive_replica_dea
     (through the balancer) and keep typing, nothing typed is lost; the interviewer closes the room."""
     redis, replicas = cluster
     a, b = replicas
-    probe = create_room(a.http, token("probe"))
-    require_yjs_endpoint(a, probe, token("probe"))
     balancers = {
         "alice": FailoverBalancer([a.port, b.port]).start(),
         "bob": FailoverBalancer([b.port, a.port]).start(),

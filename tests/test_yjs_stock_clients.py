@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import signal
 import threading
 import time
@@ -13,8 +14,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
 from tests.node_client import node_binary, node_clients
 from tests.support import Replica, create_room, join_room, token, wait_for
@@ -26,28 +25,16 @@ def node_available() -> None:
     node_binary()  # skip (outside CI) or fail (in CI) before starting anything when Node is missing
 
 
-def require_yjs_endpoint(replica: Replica, code: str, user_token: str) -> None:
-    """Skip, saying why, when this relay has no Yjs endpoint (its handshake is refused as an unknown path)."""
-    try:
-        with connect(f"{replica.ws}/yjs/{code}?token={user_token}", open_timeout=10):
-            return
-    except InvalidStatus as refused:
-        status = refused.response.status_code
-        body = refused.response.body or b""
-        # Starlette answers a WebSocket to a path it has no route for with a bare 403 (relay's own
-        # refusals, e.g. a bad Origin, carry a JSON body).
-        if status == 404 or (status == 403 and not body.strip()):
-            pytest.skip(f"relay has no Yjs endpoint at /yjs/{{room_code}} yet (handshake answered {status})")
-        raise
-
-
 def room_of(replicas: list[Replica], *users: str) -> tuple[str, dict[str, str]]:
-    """A room created by the first user on replica 0, joined by the others on replica 1."""
-    tokens = {user: token(user, name=user.capitalize()) for user in users}
+    """A room created by the first user on replica 0, joined by the others on replica 1.
+
+    User ids are fresh per room (the display name is the given one): the test Redis is shared by the
+    whole run, and room creation is limited per user.
+    """
+    tokens = {user: token(f"{user}-{secrets.token_hex(4)}", name=user.capitalize()) for user in users}
     code = create_room(replicas[0].http, tokens[users[0]])
     for user in users[1:]:
         join_room(replicas[1].http, tokens[user], code)
-    require_yjs_endpoint(replicas[0], code, tokens[users[0]])
     return code, tokens
 
 
