@@ -54,6 +54,10 @@ REFRESH_MIN_GAP: Final = 0.25
 # How long one script call follows MOVED / ASK / TRYAGAIN / CLUSTERDOWN before it gives up (503).
 REDIRECT_DEADLINE: Final = 3.0
 NODE_TIMEOUT: Final = 2.0
+# While a shard is down or a room waits for its new primary, the slot map is re-read after this pause,
+# doubling up to the maximum.
+UNSETTLED_FIRST_PAUSE: Final = 0.1
+UNSETTLED_MAX_PAUSE: Final = 2.0
 MAX_CONNECTIONS_PER_NODE: Final = 32
 
 
@@ -126,7 +130,6 @@ class Topology:
         self._last_refresh = 0.0
         self.version = 0  # bumped whenever the map changed
         self._on_change: list[Callable[[], None]] = []
-        self._unreachable: set[str] = set()
 
     def client(self, address: str) -> aioredis.Redis:
         client = self._clients.get(address)
@@ -152,6 +155,15 @@ class Topology:
         owner = self._owner[slot_of(key)]
         return None if owner is None else self.shards.get(owner)
 
+    def moved(self, slot: int, address: str) -> None:
+        """A MOVED reply: `address` serves `slot` now. Applied at once; a full refresh follows."""
+        if self._owner[slot] != address:
+            self._owner[slot] = address
+            if address not in self.shards:
+                self.shards[address] = Shard(address, ((slot, slot),), ())
+            logger.info("slot %d moved to %s", slot, address)
+        self.refresh_soon()
+
     async def refresh(self) -> None:
         """Re-read the slot map now (one refresh at a time; concurrent callers share it)."""
         if self._refresh is None or self._refresh.done():
@@ -168,29 +180,43 @@ class Topology:
         self._refresh.add_done_callback(_log_failure)
 
     async def _load(self) -> None:
+        """Ask every known node at once; believe the one with the newest view of the cluster.
+
+        A primary that restarts after its replica took over still claims its old slots until gossip
+        tells it otherwise, so the first answer is not good enough: each answer comes with the node's
+        `cluster_current_epoch` (every failover and slot move raises it), and the highest wins.
+        """
         self._last_refresh = time.monotonic()
-        # Nodes that served slots last time first (they know the newest map), then the seeds.
         candidates = [*self.primaries, *(r for s in self.shards.values() for r in s.replicas)]
         candidates += [seed for seed in self._config.seeds if seed not in candidates]
-        # A dead node costs a connect timeout: try the ones that failed last time last.
-        candidates.sort(key=lambda address: address in self._unreachable)
-        problems = []
-        for address in candidates:
-            try:
-                reply = await asyncio.wait_for(
-                    self.client(address).execute_command("CLUSTER", "SLOTS"),  # type: ignore[no-untyped-call]
-                    NODE_TIMEOUT,
-                )
-            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-                problems.append(f"{address}: {str(exc) or type(exc).__name__}")
-                self._unreachable.add(address)
-                continue
-            self._unreachable.discard(address)
-            self._apply(address, reply)
-            return
-        raise redis.exceptions.ConnectionError(
-            "no Redis Cluster node answered CLUSTER SLOTS: " + "; ".join(problems)
-        )
+        answers = await asyncio.gather(*(self._ask(address) for address in candidates))
+        views = [(answer, address) for address, answer in zip(candidates, answers, strict=True)]
+        good = [(epoch, address, slots) for (epoch, slots), address in views if not isinstance(slots, str)]
+        if not good:
+            problems = "; ".join(f"{address}: {slots}" for (_, slots), address in views)
+            raise redis.exceptions.ConnectionError(
+                f"no Redis Cluster node answered CLUSTER SLOTS: {problems}"
+            )
+        _, address, slots = max(good, key=lambda view: view[0])
+        self._apply(address, slots)
+
+    async def _ask(self, address: str) -> tuple[int, Any]:
+        """(current epoch, CLUSTER SLOTS reply) of one node, or (-1, what went wrong)."""
+        try:
+            async with asyncio.timeout(NODE_TIMEOUT):
+                async with self.client(address).pipeline(transaction=False) as pipe:
+                    pipe.execute_command("CLUSTER", "INFO")
+                    pipe.execute_command("CLUSTER", "SLOTS")
+                    info, slots = await pipe.execute()
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            return -1, str(exc) or type(exc).__name__
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        epochs = [
+            int(line.split(":", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("cluster_current_epoch:")
+        ]
+        return (epochs[0] if epochs else 0), slots
 
     def _apply(self, asked: str, reply: list[Any]) -> None:
         owner: list[str | None] = [None] * SLOTS
@@ -276,9 +302,11 @@ class ShardedScripts:
             address = self._topology.address_of(keys[0])
             try:
                 return await self._pipeline(address).call(script, keys, args, read_only=read_only)
-            except redis.exceptions.MovedError:
+            except redis.exceptions.MovedError as moved:
                 retry: BaseException = Unavailable("the room's slot keeps moving; retry shortly")
-                await _quietly(self._topology.refresh())
+                # Authoritative for this slot, even while a node that restarted with an old view of the
+                # cluster still hands out a stale map; the whole map is re-read meanwhile.
+                self._topology.moved(moved.slot_id, f"{moved.host}:{moved.port}")
             except redis.exceptions.AskError as ask:
                 try:
                     return await self._asking(f"{ask.host}:{ask.port}", script, keys, args)
@@ -437,20 +465,21 @@ class ClusterBus:
 
     async def _keep_in_shape(self) -> None:
         """Links for every primary; channels on the primary of their slot. Runs until events() ends."""
-        backoff = 0.1
+        pause = UNSETTLED_FIRST_PAUSE
         while True:
             try:
                 await self._topology.refresh()
                 await self._reconcile()
-                backoff = 0.1
             except (redis.exceptions.RedisError, OSError) as exc:
                 logger.warning("cluster: %s", exc)
-                backoff = min(backoff * 2, 2.0)
             except Unavailable:
-                backoff = min(backoff * 2, 2.0)
-            # Quick rounds while something is out of place (a shard down, a channel to re-home).
-            unsettled = self._lost or not all(self.shard_status().values())
-            wait = backoff if unsettled else REFRESH_INTERVAL
+                pass  # a slot without a known primary: the next round retries
+            # Quick rounds while something is out of place (a shard down, a channel to re-home), slowing
+            # down while it stays so; the usual pace once everything is in place.
+            if self._lost or not all(self.shard_status().values()):
+                wait, pause = pause, min(pause * 2, UNSETTLED_MAX_PAUSE)
+            else:
+                wait, pause = REFRESH_INTERVAL, UNSETTLED_FIRST_PAUSE
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reconcile_wanted.wait(), wait)
             self._reconcile_wanted.clear()
@@ -471,14 +500,14 @@ class ClusterBus:
                     else:
                         old.forget(channel)
                 try:
-                    await self._links[target].subscribe(channel)
+                    await self._link(target).subscribe(channel)
                 except Unavailable:
                     # The new primary is not reachable yet: keep the channel out of place and retry.
                     self._home[channel] = target
                     self._lost.add(channel)
                     continue
                 if self._home.get(channel) is None:
-                    await self._links[target].unsubscribe(channel)  # the room was left meanwhile
+                    await self._link(target).unsubscribe(channel)  # the room was left meanwhile
                     continue
                 self._home[channel] = target
                 self._lost.discard(channel)

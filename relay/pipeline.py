@@ -190,15 +190,19 @@ class ScriptPipeline:
         if replicas:
             confirmed = replies.pop()
             if isinstance(confirmed, Exception):
-                raise confirmed
-            if int(confirmed) < replicas:
+                # e.g. a node that became a replica: the calls' own replies (MOVED) say where to go; a
+                # write that succeeded here is still not confirmed anywhere.
+                error = NotReplicated(f"Redis could not WAIT for replicas: {confirmed}")
+            elif int(confirmed) < replicas:
                 error = NotReplicated(
                     f"Redis confirmed the write on {confirmed} of {replicas} replicas within {timeout_ms} ms"
                 )
-                replies = [
-                    reply if isinstance(reply, Exception) or call.read_only else error
-                    for call, reply in zip(batch, replies, strict=True)
-                ]
+            else:
+                return replies
+            replies = [
+                reply if isinstance(reply, Exception) or call.read_only else error
+                for call, reply in zip(batch, replies, strict=True)
+            ]
         return replies
 
     async def _load_scripts(self, scripts: set[AsyncScript]) -> None:

@@ -241,3 +241,32 @@ def test_wait_replicas_refuses_writes_no_replica_confirmed_but_not_reads(redis_s
     assert isinstance(written, NotReplicated) and "0 of 1 replicas" in str(written)
     assert read_back == 1  # the write ran: WAIT only says no replica confirmed it
     assert unwaited == 2
+
+
+def test_a_wait_refused_by_a_replica_fails_the_writes_not_the_batch(redis_server: RedisServer) -> None:
+    """WAIT on a node that is a replica is an error reply (a primary that restarted as a replica): the
+    batch's writes are NotReplicated, each call keeps its own reply, and nothing else is raised."""
+
+    async def scenario() -> tuple[Any, Any]:
+        replica = RedisServer().start()
+        client = aioredis.Redis.from_url(replica.url)
+        try:
+            await client.replicaof("127.0.0.1", redis_server.port)
+            pipeline = ScriptPipeline(client, wait_replicas=1, wait_timeout_ms=50)
+            write = client.register_script(APPEND)
+            read = client.register_script("return redis.call('LLEN', KEYS[1])")
+            outcomes = await asyncio.gather(
+                pipeline.call(write, ["pipeline-test:replica"], ["x"]),
+                pipeline.call(read, ["pipeline-test:replica"], [], read_only=True),
+                return_exceptions=True,
+            )
+            await pipeline.aclose()
+            return outcomes[0], outcomes[1]
+        finally:
+            await client.aclose()
+            replica.cleanup()
+
+    written, read_back = asyncio.run(scenario())
+    # The write itself is refused by the replica (READONLY) and keeps that reply; the read succeeds.
+    assert isinstance(written, redis.exceptions.ReadOnlyError), written
+    assert read_back == 0
