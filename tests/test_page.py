@@ -56,6 +56,9 @@ def test_dev_mode_serves_the_page_and_its_bundle(dev: TestClient) -> None:
     bundle = dev.get("/static/app.js").text
     assert "/yjs" in bundle and '"content"' in bundle
     assert dev.get("/static/nothing-here.js").status_code == 404
+    compressed = dev.get("/static/app.js", headers={"Accept-Encoding": "gzip"})
+    assert compressed.headers["content-encoding"] == "gzip" and compressed.text == bundle
+    assert compressed.num_bytes_downloaded < len(bundle.encode()) / 2
 
 
 def test_dev_token_signs_in_interviewers_and_candidates(dev: TestClient) -> None:
