@@ -1,8 +1,8 @@
 """The Yjs endpoint `/yjs/{room_code}`: the y-websocket protocol over relay's rooms, for stock Yjs providers.
 
-The handshake is /ws's (ws.register: Origin, token in the `token` query parameter or a Bearer header,
-membership and role from relay's records, connection limits, close codes). Then, one binary message
-per frame:
+The handshake is /ws's (ws.open_connection: Origin, token in the `token` query parameter or a Bearer
+header, membership and role from relay's records, connection limits, close codes). Then, one binary
+message per frame:
 
 - relay sends its own sync step 1 at once, so that a client with edits made offline sends them;
 - each client sync step 1 is answered with a sync step 2: the room's document (snapshot and stream
