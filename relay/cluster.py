@@ -1,8 +1,8 @@
 """Redis Cluster: which shard serves a room, one script writer and one sharded pub/sub link per shard.
 
 Chosen by the URL scheme: `REDIS_URL=redis+cluster://host:port,host:port` (`rediss+cluster://` for TLS,
-`redis+cluster://user:password@host:port,...` with ACLs). The addresses are seeds: any reachable node
-tells relay the slot map (CLUSTER SLOTS).
+`redis+cluster://user:password@host:port,...` with ACLs). The addresses are seeds: relay asks every node
+it knows for the slot map (CLUSTER SLOTS) and believes the one with the newest view of the cluster.
 
 Every key of a room carries the room code as its hash tag, so a room lives in one slot and each room
 script runs on the one primary that serves it; the scripts publish with SPUBLISH, which Redis routes to
@@ -15,9 +15,9 @@ Why not redis-py's RedisCluster, ClusterPipeline and ClusterPubSub (checked in r
 - ClusterPubSub reads the shards round robin with a poll timeout and reconnects inside redis-py; the hub
   would not learn that a shard's link was lost and could not resync the rooms that missed messages.
   Here each primary has its own Bus, whose Disconnected / Reconnected markers name the shard's rooms.
-So relay keeps the slot map itself (refreshed after a MOVED reply, a shard's connection error, a server
-`sunsubscribe` after a slot migration, and every REFRESH_INTERVAL), and uses redis-py's key_slot, its
-error classes and plain per-node clients.
+So relay keeps the slot map itself (a MOVED reply updates its slot at once; the whole map is re-read
+after a MOVED, a shard's connection error, a server `sunsubscribe` after a slot migration, and every
+REFRESH_INTERVAL), and uses redis-py's key_slot, its error classes and plain per-node clients.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def slot_of(key: str | bytes) -> int:
 
 
 class Topology:
-    """The slot map: slot -> address of the primary serving it, refreshed from any reachable node."""
+    """The slot map: slot -> address of the primary serving it, as the most up-to-date node sees it."""
 
     def __init__(self, config: ClusterConfig) -> None:
         self._config = config
