@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -19,6 +20,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from relay import api, lifecycle, logs, page
 from relay.admission import Admission
@@ -188,7 +191,7 @@ def create_app(settings: Settings) -> Starlette:
                 max_age=600,
             )
         )
-    return Starlette(
+    return RelayApp(
         routes=[
             *api.routes,
             WebSocketRoute("/ws/{room_code}", websocket_endpoint),
@@ -199,6 +202,35 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         exception_handlers=api.exception_handlers,
     )
+
+
+class RelayApp(Starlette):
+    """Starlette, except that a socket of /ws/{code} or /yjs/{code} goes straight to its endpoint.
+
+    Starlette's stack (error middleware, request ids, CORS, exception middleware, router, route) does
+    nothing for these sockets, which handle their own errors and close codes, yet each layer kept a
+    suspended coroutine frame for the socket's whole life (about 5 KB per idle socket, tracemalloc) and
+    each send went through its wrappers. Anything else (HTTP, a path under a root_path) takes the
+    usual way; the routes stay declared, so `app.routes` still lists them.
+    """
+
+    _SOCKET_ENDPOINTS: ClassVar[dict[str, Callable[[WebSocket], Awaitable[None]]]] = {
+        "ws": websocket_endpoint,
+        "yjs": yjs_endpoint,
+    }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            match = _SOCKET_PATH.fullmatch(scope["path"])
+            if match is not None:
+                scope["app"] = self
+                scope["path_params"] = {"room_code": match["code"]}
+                await self._SOCKET_ENDPOINTS[match["kind"]](WebSocket(scope, receive, send))
+                return
+        await super().__call__(scope, receive, send)
+
+
+_SOCKET_PATH = re.compile(r"/(?P<kind>ws|yjs)/(?P<code>[^/]+)")
 
 
 def create_app_from_env() -> Starlette:
