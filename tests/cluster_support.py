@@ -1,4 +1,5 @@
-"""A real Redis Cluster for tests: three primaries with one replica each, as six local processes.
+"""A real Redis Cluster for tests (three primaries with one replica each, as six local processes), and
+the client helpers the failover tests share.
 
 Every node is a `redis-server --cluster-enabled yes` on a free port in a temporary directory, joined by
 `redis-cli --cluster create --cluster-replicas 1`, and stopped by its pid. A low cluster-node-timeout
@@ -11,12 +12,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis.crc import key_slot
 
 from bench.processes import START_TIMEOUT, free_port, wait_for
+from tests.support import Client
 
 NODE_TIMEOUT_MS = 1000
 
@@ -272,3 +275,28 @@ def _own_slots(nodes_output: str, node_id: str) -> set[str]:
                 slots.update(str(s) for s in range(int(low), int(high or low) + 1))
             return slots
     return set()
+
+
+def edit_until_acked(client: Client, content: str, msg_id: str, timeout: float = 30) -> int:
+    """Sends an edit and resends it (same client_msg_id) after each `unavailable` until it is acked."""
+    deadline = time.monotonic() + timeout
+    client.send({"type": "editor_update", "content": content, "client_msg_id": msg_id})
+    while True:
+        frame = client.recv_until(
+            lambda f: f.get("client_msg_id") == msg_id and f.get("type") in ("ack", "error"),
+            timeout=max(0.1, deadline - time.monotonic()),
+        )
+        if frame["type"] == "ack":
+            return int(frame["seq"])
+        assert frame["code"] == "unavailable", frame
+        time.sleep(0.2)
+        client.send({"type": "editor_update", "content": content, "client_msg_id": msg_id})
+
+
+def delivered_edits(client: Client, until_seq: int, timeout: float = 20) -> dict[int, str]:
+    """seq -> content of every editor_update the client received, once it has seen `until_seq`."""
+    if not any(f.get("type") == "editor_update" and f["seq"] >= until_seq for f in client.frames):
+        client.recv_until(lambda f: f.get("type") == "editor_update" and f["seq"] >= until_seq, timeout)
+    seqs = [f["seq"] for f in client.frames if f.get("type") == "editor_update"]
+    assert seqs == sorted(set(seqs)), f"edits out of order or twice: {seqs}"
+    return {f["seq"]: f["content"] for f in client.frames if f.get("type") == "editor_update"}

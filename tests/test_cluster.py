@@ -12,7 +12,7 @@ import pytest
 
 from bench.processes import wait_for
 from relay.config import ConfigError, MultiNodeURL, Settings
-from tests.cluster_support import LocalCluster, cli, slot_of
+from tests.cluster_support import LocalCluster, cli, delivered_edits, edit_until_acked, slot_of
 from tests.support import Client, Replica, create_room, join_room, open_refused, replicas, token
 
 pytestmark = pytest.mark.cluster
@@ -126,31 +126,6 @@ def test_a_shards_pubsub_link_lost_and_regained_resubscribes_rooms_of_several_sl
         assert (got["seq"], got["content"]) == (seq, f"after the drop {n}")
         writer.close()
         reader.close()
-
-
-def edit_until_acked(client: Client, content: str, msg_id: str, timeout: float = 30) -> int:
-    """Sends an edit and resends it (same client_msg_id) after each `unavailable` until it is acked."""
-    deadline = time.monotonic() + timeout
-    client.send({"type": "editor_update", "content": content, "client_msg_id": msg_id})
-    while True:
-        frame = client.recv_until(
-            lambda f: f.get("client_msg_id") == msg_id and f.get("type") in ("ack", "error"),
-            timeout=max(0.1, deadline - time.monotonic()),
-        )
-        if frame["type"] == "ack":
-            return int(frame["seq"])
-        assert frame["code"] == "unavailable", frame
-        time.sleep(0.2)
-        client.send({"type": "editor_update", "content": content, "client_msg_id": msg_id})
-
-
-def delivered_edits(client: Client, until_seq: int, timeout: float = 20) -> dict[int, str]:
-    """seq -> content of every editor_update the client received, once it has seen `until_seq`."""
-    if not any(f.get("type") == "editor_update" and f["seq"] >= until_seq for f in client.frames):
-        client.recv_until(lambda f: f.get("type") == "editor_update" and f["seq"] >= until_seq, timeout)
-    seqs = [f["seq"] for f in client.frames if f.get("type") == "editor_update"]
-    assert seqs == sorted(set(seqs)), f"edits out of order or twice: {seqs}"
-    return {f["seq"]: f["content"] for f in client.frames if f.get("type") == "editor_update"}
 
 
 def room_on(cluster: LocalCluster, primary_port: int, replica: Replica, owner: str) -> str:

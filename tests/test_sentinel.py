@@ -13,9 +13,8 @@ import pytest
 
 from bench.processes import RedisServer, free_port, wait_for
 from relay.config import ConfigError, MultiNodeURL, Settings
-from tests.cluster_support import cli
+from tests.cluster_support import cli, delivered_edits, edit_until_acked
 from tests.support import Client, create_room, join_room, replicas, token
-from tests.test_cluster import delivered_edits, edit_until_acked
 
 pytestmark = pytest.mark.cluster
 
