@@ -30,7 +30,16 @@ from typing import ClassVar
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from relay import ws
-from relay.errors import BadFrame, MemberRemoved, RateLimited, RelayError, RoomClosed, TooLarge, Unavailable
+from relay.errors import (
+    BadFrame,
+    MemberRemoved,
+    Overloaded,
+    RateLimited,
+    RelayError,
+    RoomClosed,
+    TooLarge,
+    Unavailable,
+)
 from relay.limits import TokenBucket
 from relay.protocol import KIND_AWARENESS, KIND_AWARENESS_QUERY, KIND_CONNECTION_GONE, KIND_YJS_UPDATE
 from relay.services import Services
@@ -167,10 +176,18 @@ async def _read(websocket: WebSocket, services: Services, connection: YjsConnect
                         RateLimited("too many updates per second; reconnect (your edits are kept)")
                     )
                     return
+                if not services.admission.admits_edit():
+                    # y-websocket cannot be told "resend this": the client reconnects after the close and
+                    # its sync resends what relay did not store.
+                    retry_after = services.admission.frame_retry_after()
+                    connection.kick(
+                        Overloaded(f"this replica is overloaded; retry in {retry_after} s", retry_after)
+                    )
+                    return
                 await services.yjs.append(code, connection.identity, parsed.update, connection.id)
             connection.offer(YjsFrame(REPLY, 0, connection.id, EMPTY_STEP2))
         elif isinstance(parsed, AwarenessMessage):
-            if not awareness.take():
+            if not awareness.take() or not services.admission.admits_frame():
                 continue  # volatile: a dropped cursor position is replaced by the next one
             for entry in entries:
                 if entry.state == "null":

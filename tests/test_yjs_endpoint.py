@@ -226,7 +226,8 @@ def test_room_close_and_member_removal_close_yjs_sockets(
 
 
 def test_replica_killed_and_redis_restarted_lose_nothing_acknowledged(tmp_path: object) -> None:
-    """SIGKILL a replica mid-typing: its client reconnects to the other and nothing it typed is lost.
+    """SIGKILL a replica mid-typing: its client reconnects to the other and nothing it typed is lost, and
+    the awareness it had published is cleared for the others once the dead replica's presence expires.
     Then every client goes, Redis restarts (AOF): a new client gets every acknowledged character."""
     aof = RedisServer(appendonly=True).start()
     env = {"REDIS_URL": aof.url, **FAST, "RELAY_YJS_COMPACT_AFTER": "40", "RELAY_YJS_COMPACT_KEEP": "5"}
@@ -237,6 +238,8 @@ def test_replica_killed_and_redis_restarted_lose_nothing_acknowledged(tmp_path: 
         ann = YjsClient(a.ws, code, tokens["ann"], name="ann").connect()
         bob = YjsClient(b.ws, code, tokens["bob"], name="bob").connect()
         started += [ann, bob]
+        ann.set_awareness('{"user":{"name":"Ann"}}')
+        wait_for(lambda: ann.doc.client_id in bob.awareness, 10, "bob to see ann's awareness")
         typing = [
             _type(ann, "abcdefghij" * 12, seed=1, pause=0.01),
             _type(bob, "ABCDEFGHIJ" * 12, seed=2, pause=0.01),
@@ -245,6 +248,9 @@ def test_replica_killed_and_redis_restarted_lose_nothing_acknowledged(tmp_path: 
         a.stop(signal.SIGKILL)
         wait_for(lambda: not ann.connected, 10, "ann's socket to drop with its replica")
         ann.connect(b.ws)
+        # Nobody said goodbye for ann's dead socket: b sweeps its presence entry (RELAY_PRESENCE_TTL=3)
+        # and clears the awareness that socket had published.
+        wait_for(lambda: ann.doc.client_id not in bob.awareness, 20, "ann's stale awareness to be cleared")
         for thread in typing:
             thread.join(60)
         ann.wait_until_acked()
@@ -331,3 +337,35 @@ def test_whole_document_and_yjs_clients_typing_at_once_both_survive(
     wait_for(lambda: _content(pair[0], tokens["ann"], code) == final, 10, "GET /api/room to show the text")
     stored = redis.Redis.from_url(redis_server.url).hget(f"relay:{{{code}}}:room", "content")
     assert stored == final.encode()
+
+
+def test_an_overloaded_replica_sheds_yjs_edits_by_closing_and_the_sync_resends_them(
+    redis_server: RedisServer, clients: list[YjsClient]
+) -> None:
+    """With admission control shedding every edit (RELAY_SHED_FRAMES_MS=0), a Yjs update is refused by
+    closing the socket (1013, y-websocket cannot be asked to resend one update); on a replica that takes
+    edits, the client's reconnect sync stores it."""
+    shedding = Replica(
+        {
+            "REDIS_URL": redis_server.url,
+            **FAST,
+            "RELAY_SHED_FRAMES_MS": "0",
+            "RELAY_SHED_SOCKETS_MS": "100000",
+        },
+        name="shedding",
+    ).start()
+    normal = Replica({"REDIS_URL": redis_server.url, **FAST}, name="normal").start()
+    try:
+        code, tokens = _room(normal, "ann", "bob")
+        ann = YjsClient(shedding.ws, code, tokens["ann"], name="ann").connect()
+        clients.append(ann)
+        ann.insert(0, "typed while shed")
+        assert ann.wait_closed()[0] == 1013
+        bob = YjsClient(normal.ws, code, tokens["bob"], name="bob").connect()
+        clients.append(bob)
+        assert bob.content() == "", "a shed update was stored"
+        ann.connect(normal.ws)
+        bob.wait_for_text(lambda text: text == "typed while shed")
+    finally:
+        shedding.stop()
+        normal.stop()
