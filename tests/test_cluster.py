@@ -14,6 +14,7 @@ from bench.processes import wait_for
 from relay.config import ConfigError, MultiNodeURL, Settings
 from tests.cluster_support import LocalCluster, cli, delivered_edits, edit_until_acked, slot_of
 from tests.support import Client, Replica, create_room, join_room, open_refused, replicas, token
+from tests.yjs_client import YjsClient
 
 pytestmark = pytest.mark.cluster
 
@@ -289,3 +290,53 @@ def test_cluster_url_is_parsed_and_its_password_never_echoed() -> None:
         with pytest.raises(ConfigError) as refused:
             Settings.from_environ({"RELAY_DEV_MODE": "true", "REDIS_URL": bad})
         assert "REDIS_URL" in str(refused.value) and "s3cret" not in str(refused.value)
+
+
+def test_yjs_clients_converge_in_rooms_of_every_shard(
+    cluster: LocalCluster, cluster_replicas: list[Replica]
+) -> None:
+    """The Yjs endpoint on a cluster: in a room on each shard, Yjs clients on both replicas type at once
+    and converge (updates and awareness go by SPUBLISH on the room's shard), and a whole-document client
+    gets the text."""
+    a, b = cluster_replicas
+    ann, bob = token("yjs-ann"), token("yjs-bob")
+    for code in rooms_on_every_shard(cluster, a, ann).values():
+        join_room(b.http, bob, code)
+        clients = [
+            YjsClient(a.ws, code, ann, name="ann").connect(),
+            YjsClient(b.ws, code, bob, name="bob").connect(),
+        ]
+        try:
+            _yjs_room_converges(clients, Client(b.ws, code, bob))
+        finally:
+            for client in clients:
+                client.disconnect()
+
+
+def _yjs_room_converges(clients: list[YjsClient], reader: Client) -> None:
+    def type_into(client: YjsClient, chars: str) -> None:
+        for char in chars:
+            client.insert(0, char)
+
+    typing = [
+        threading.Thread(target=type_into, args=(client, chars))
+        for client, chars in zip(clients, ("abcdefghij", "0123456789"), strict=True)
+    ]
+    for thread in typing:
+        thread.start()
+    for thread in typing:
+        thread.join(30)
+    for client in clients:
+        client.wait_until_acked()
+    first, second = clients
+
+    def converged() -> bool:
+        return first.content() == second.content() and len(first.content()) == 20
+
+    wait_for(converged, 20, "both Yjs clients to hold all 20 characters")
+    second.set_awareness('{"user":{"name":"Bob"}}')
+    wait_for(lambda: second.doc.client_id in first.awareness, 10, "bob's awareness to reach ann")
+    text = first.content()
+    if reader.recv_type("room_state")["content"] != text:
+        reader.recv_until(lambda frame: frame.get("content") == text, timeout=10)
+    reader.close()
