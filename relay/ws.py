@@ -194,10 +194,21 @@ async def open_connection(
 
 
 async def close_connection(services: Services, connection: Connection) -> None:
-    """Unregister a connection that open_connection registered: hub and presence."""
-    await services.hub.remove(connection)
-    with contextlib.suppress(RelayError):
+    """Unregister a connection that open_connection registered: hub and presence.
+
+    Never raises: the socket is going away whatever Redis answers (a shard mid-failover, a script
+    error), its close frame must still be sent, and a presence entry left behind expires by itself.
+    """
+    try:
+        await services.hub.remove(connection)
+    except Exception:
+        logger.warning("connection %s: unsubscribing its room failed", connection.id, exc_info=True)
+    try:
         await services.rooms.presence_remove(connection.room_code, connection.identity.user_id, connection.id)
+    except RelayError:
+        pass  # Redis unavailable: the entry expires (RELAY_PRESENCE_TTL)
+    except Exception:
+        logger.warning("connection %s: removing its presence failed", connection.id, exc_info=True)
 
 
 async def _snapshot(services: Services, connection: Connection, last_seq: int | None) -> Snapshot:
