@@ -243,6 +243,10 @@ class TextChange:
     update: bytes
 
 
+# For append_edit: store the text verbatim, only while the room has no Yjs document.
+NO_DOCUMENT: Final = TextChange(-1, b"")
+
+
 class TextConflict(Exception):
     """The Yjs document moved on since the edit was merged against it: merge again (not a client error)."""
 

@@ -555,6 +555,7 @@ async def _catch_up(
     if snapshot is not None:
         await websocket.send_text(_room_state(connection, snapshot, reason=REASON_HISTORY_EXPIRED))
         connection.last_seq = snapshot.info.seq
+        connection.bases.saw_text(snapshot.content)
         return
     for envelope in missed.events:
         if upto is not None and envelope.seq > upto:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, Final, Protocol
@@ -35,7 +36,7 @@ from relay.errors import MemberRemoved, NotMember, RelayError, RoomClosed, RoomN
 from relay.keys import RoomKeys
 from relay.protocol import NO_ORIGIN, EditorUpdate, Envelope, now_ms, yjs_update_parts
 from relay.redis_errors import redis_unavailable_is_503
-from relay.rooms import Accepted, Rooms, TextChange, TextConflict
+from relay.rooms import NO_DOCUMENT, Accepted, Rooms, TextChange, TextConflict
 from relay.yjs_doc import RoomDoc, TextEdit, apply_edits, rebase_edit
 
 logger = logging.getLogger("relay.yjs")
@@ -44,6 +45,7 @@ READ_CHUNK: Final = 1000  # updates per round trip when reading a tail
 LOAD_ATTEMPTS: Final = 5  # a compaction that trims while we read a long tail makes us start over
 LOCK_MS: Final = 60_000
 EDIT_ATTEMPTS: Final = 8  # merges of one whole-document edit racing other edits before giving up
+ROOMS_REMEMBERED: Final = 10_000  # room codes this replica knows to have a Yjs document (a hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,7 @@ class YjsStore:
         self._rooms = rooms
         self._scripts: ScriptRunner = rooms.scripts
         self._settings = settings
+        self._with_document: OrderedDict[str, None] = OrderedDict()
         self.compactor = Compactor(self, after=settings.yjs_compact_after, keep=settings.yjs_compact_keep)
         self.mirror = TextMirror(self, rooms, delay=settings.yjs_text_delay)
         publish = f"local PUBLISH = '{'SPUBLISH' if sharded_publish else 'PUBLISH'}'\n"
@@ -203,9 +206,20 @@ class YjsStore:
 
         Merging happens in rooms where a Yjs client edits, or in every room with
         RELAY_WHOLE_DOCUMENT_MERGE=always. Otherwise, and without a known base, the client's text
-        replaces the document verbatim (last writer wins, what every edit did before Yjs).
+        replaces the document verbatim (last writer wins, what every edit did before Yjs). A room no
+        Yjs client has joined has no Yjs document at all: its edits cost what they did before Yjs, and
+        the first Yjs client starts the document from the room's text.
         """
+        has_document = self._settings.whole_document_merge == "always" or code in self._with_document
         for _ in range(EDIT_ATTEMPTS):
+            if not has_document:
+                try:
+                    accepted = await self._rooms.append_edit(code, identity, edit, origin, NO_DOCUMENT)
+                except TextConflict:  # a Yjs client started the room's document
+                    has_document = True
+                    self._remember(code)
+                    continue
+                return TextEdited(accepted, edit.content, kept=True)
             loaded = await self.load(code)
             current = loaded.doc.content()
             merges = loaded.has_yjs_edits or self._settings.whole_document_merge == "always"
@@ -267,6 +281,7 @@ class YjsStore:
                 if expected <= seq:
                     rows = await self._chunk(keys, expected, seq)
             if expected > seq:
+                self._remember(code)
                 return LoadedDoc(doc, seq, status, has_yjs_edits)
         raise Unavailable("the room's document kept changing shape while being read; retry")
 
@@ -350,6 +365,13 @@ class YjsStore:
             logger.info("room %s: compaction not stored (%s)", code, outcome)
             return None
         return Compaction(target, target - first + 1, time.perf_counter() - started, len(new_snapshot))
+
+    def _remember(self, code: str) -> None:
+        """A hint that the room has a Yjs document (the edit script checks it; a wrong hint costs a retry)."""
+        self._with_document[code] = None
+        self._with_document.move_to_end(code)
+        if len(self._with_document) > ROOMS_REMEMBERED:
+            self._with_document.popitem(last=False)
 
     async def _release(self, keys: YjsKeys, token: str) -> None:
         await self._run(self._unlock, [keys.lock], [token])

@@ -369,3 +369,26 @@ def test_an_overloaded_replica_sheds_yjs_edits_by_closing_and_the_sync_resends_t
     finally:
         shedding.stop()
         normal.stop()
+
+
+def test_a_room_without_yjs_clients_has_no_yjs_document_until_one_comes(
+    pair: list[Replica], clients: list[YjsClient], redis_server: RedisServer
+) -> None:
+    """Whole-document edits in a room no Yjs client joined cost what they did before Yjs (no document
+    is kept); the first Yjs client starts it from the room's text, and later edits reach it."""
+    code, tokens = _room(pair[0], "ann", "bob")
+    store = redis.Redis.from_url(redis_server.url)
+    writer = Client(pair[1].ws, code, tokens["bob"])
+    try:
+        writer.recv_type("room_state")
+        writer.send({"type": "editor_update", "content": "print(1)\n", "client_msg_id": "a"})
+        assert writer.recv_type("ack")["seq"] == 1
+        assert store.exists(f"relay:{{{code}}}:ydoc") == 0
+        ann = YjsClient(pair[0].ws, code, tokens["ann"], name="ann").connect()
+        clients.append(ann)
+        assert ann.content() == "print(1)\n"
+        writer.send({"type": "editor_update", "content": "print(1)\nprint(2)\n", "client_msg_id": "b"})
+        assert writer.recv_type("ack")["seq"] == 2
+        ann.wait_for_text(lambda text: text == "print(1)\nprint(2)\n")
+    finally:
+        writer.close()

@@ -14,8 +14,12 @@ if ARGV[4] ~= '' then
   end
 end
 -- The shared document changed since the edit was merged against it: the caller merges again.
+-- based_on -1: the room has no Yjs document (no Yjs client came yet), the text is stored verbatim; if
+-- one was started meanwhile, the caller edits through it instead.
 local yseq = nil
-if ARGV[17] ~= '' then
+if ARGV[17] == '-1' then
+  if redis.call('EXISTS', KEYS[11]) == 1 then return {'conflict'} end
+elseif ARGV[17] ~= '' then
   yseq = tonumber(redis.call('HGET', KEYS[11], 'seq') or '-1')
   if yseq ~= tonumber(ARGV[17]) then return {'conflict'} end
   if ARGV[18] ~= '' then
