@@ -106,31 +106,54 @@ def per_keystroke(keystrokes: int) -> dict[str, dict[str, float]]:
         }
         typist.disconnect()
         reader.disconnect()
-        # Whole document: the same through /ws, each keystroke sending the 4 KB text.
-        code = create_room(replica.http, ann)
-        join_room(replica.http, bob, code)
-        writer, listener = Client(replica.ws, code, ann), Client(replica.ws, code, bob)
-        writer.recv_type("room_state")
-        listener.recv_type("room_state")
-        text = document
+        # Whole document: the same through /ws, each keystroke sending the 4 KB text; in a room no Yjs
+        # client joined (no Yjs document), and in one where a Yjs client reads (edits go through it).
+        out["whole_document"] = _whole_document(server, replica, document, keystrokes, yjs_reader=False)
+        out["whole_document_yjs_room"] = _whole_document(
+            server, replica, document, keystrokes, yjs_reader=True
+        )
+    return out
+
+
+def _whole_document(
+    server: RedisServer, replica: Replica, document: str, keystrokes: int, *, yjs_reader: bool
+) -> dict[str, float]:
+    pid = replica.pid
+    assert pid is not None
+    ann, bob = token("ann"), token("bob")
+    code = create_room(replica.http, ann)
+    join_room(replica.http, bob, code)
+    writer = Client(replica.ws, code, ann)
+    writer.recv_type("room_state")
+    reader: Client | YjsClient
+    if yjs_reader:
+        reader = YjsClient(replica.ws, code, bob, name="bob").connect()
+    else:
+        reader = Client(replica.ws, code, bob)
+        reader.recv_type("room_state")
+    rng = random.Random(3)
+    text = document
+    writer.send({"type": "editor_update", "content": text})
+    writer.recv_type("ack")
+    time.sleep(1)
+    bytes_before, cpu_before = _redis_bytes(server.url), _cpu_seconds(pid)
+    for _ in range(keystrokes):
+        at = rng.randint(0, len(text))
+        text = text[:at] + "x" + text[at:]
         writer.send({"type": "editor_update", "content": text})
         writer.recv_type("ack")
-        listener.recv_type("editor_update")
-        time.sleep(1)
-        bytes_before, cpu_before = _redis_bytes(server.url), _cpu_seconds(pid)
-        for _ in range(keystrokes):
-            at = rng.randint(0, len(text))
-            text = text[:at] + "x" + text[at:]
-            writer.send({"type": "editor_update", "content": text})
-            writer.recv_type("ack")
-        listener.recv_until(lambda f: f.get("content") == text, timeout=30)
-        out["whole_document"] = {
-            "redis_bytes": (_redis_bytes(server.url) - bytes_before) / keystrokes,
-            "cpu_us": (_cpu_seconds(pid) - cpu_before) * 1e6 / keystrokes,
-        }
-        writer.close()
-        listener.close()
-    return out
+    if isinstance(reader, YjsClient):
+        reader.wait_for_text(lambda got: got == text, timeout=30)
+        reader.disconnect()
+    else:
+        reader.recv_until(lambda f: f.get("content") == text, timeout=30)
+        reader.close()
+    figures = {
+        "redis_bytes": (_redis_bytes(server.url) - bytes_before) / keystrokes,
+        "cpu_us": (_cpu_seconds(pid) - cpu_before) * 1e6 / keystrokes,
+    }
+    writer.close()
+    return figures
 
 
 # --- 2. joiners and compaction --------------------------------------------------------------------
