@@ -55,6 +55,9 @@ REDIS_SHARD_UP = Gauge(
 REDIS_SHARD_ERRORS = Counter(
     "relay_redis_shard_errors_total", "Script calls to this cluster shard that failed to reach it", ["shard"]
 )
+YJS_COMPACTIONS = Histogram(
+    "relay_yjs_compaction_seconds", "Time to fold a room's Yjs updates into its snapshot and trim them"
+)
 SLOW_CONSUMERS = Counter("relay_slow_consumers_dropped_total", "Sockets closed for not reading")
 REFUSALS = Counter(
     "relay_refusals_total", "Requests, handshakes and frames refused, by error code", ["reason"]

@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from relay import metrics
 from relay.auth import Identity
 from relay.config import Settings
 from relay.errors import MemberRemoved, NotMember, RelayError, RoomClosed, RoomNotFound, Unavailable
@@ -415,6 +416,7 @@ class Compactor:
             await asyncio.sleep(self._delay)
             done = await self._store.compact(code, keep=self._keep)
             if done is not None:
+                metrics.YJS_COMPACTIONS.observe(done.seconds)
                 logger.info(
                     "room %s: compacted %d updates in %.3fs (snapshot %d bytes, covers 1..%d)",
                     code,

@@ -29,7 +29,7 @@ from typing import ClassVar
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from relay import ws
+from relay import metrics, ws
 from relay.errors import (
     BadFrame,
     MemberRemoved,
@@ -64,6 +64,17 @@ from relay.yjs_protocol import (
 from relay.yjs_store import LoadedDoc
 
 logger = logging.getLogger("relay.yjs")
+
+_RECEIVED = {
+    kind: metrics.FRAMES_RECEIVED.labels(name)
+    for kind, name in (
+        (SyncStep1, "yjs_sync_step1"),
+        (SyncStep2, "yjs_sync_step2"),
+        (SyncUpdate, "yjs_update"),
+        (AwarenessMessage, "yjs_awareness"),
+        (QueryAwareness, "yjs_query_awareness"),
+    )
+}
 
 EMPTY_STEP2 = sync_step2(b"\x00\x00")
 REPLY = "reply"  # a YjsFrame the reader queues for its own socket: sent as is
@@ -161,6 +172,7 @@ async def _read(websocket: WebSocket, services: Services, connection: YjsConnect
         except YjsProtocolError as error:
             connection.kick(BadFrame(str(error)))
             return
+        _RECEIVED[type(parsed)].inc()
         if isinstance(parsed, SyncStep1):
             doc, connection.initial = connection.initial, None
             if doc is None:

@@ -127,6 +127,9 @@ def test_concurrent_typing_on_both_replicas_converges_with_every_character_once(
     after = YjsClient(pair[0].ws, code, tokens["bob"], name="after").connect()
     clients.append(after)
     assert after.content() == clients[0].content()
+    metrics = httpx.get(f"{pair[0].http}/metrics", timeout=10).text
+    assert 'relay_frames_received_total{type="yjs_update"}' in metrics
+    assert "relay_yjs_compaction_seconds_count" in metrics
     # Whole-document readers see the same text: the room's content follows the Yjs document.
     wait_for(lambda: _content(pair[1], tokens["ann"], code) == clients[0].content(), 10, "the room's text")
 
