@@ -90,11 +90,17 @@ def drain_on_sigterm(services: Services) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+# Rooms refreshed together: their scripts leave in one pipeline batch (one write to Redis, not one per
+# room; with 1,000 rooms on a replica the per-room writes were ~5 % of a core while every socket was idle).
+PRESENCE_ROOMS_PER_STEP = 32
+
+
 async def refresh_presence(services: Services) -> None:
     """Re-mark this replica's connections present before their entries expire (a dead replica's don't).
 
-    One script per room, spread over the interval so the refresh never arrives as one burst; entries
-    that expired meanwhile (Redis was away) are added again, which re-checks membership and limits.
+    One script per room, PRESENCE_ROOMS_PER_STEP rooms at a time, the steps spread over the interval so
+    the refresh never arrives as one burst; entries that expired meanwhile (Redis was away) are added
+    again, which re-checks membership and limits.
     """
     interval = services.settings.presence_ttl / 3
     while True:
@@ -102,25 +108,29 @@ async def refresh_presence(services: Services) -> None:
         if not codes:
             await asyncio.sleep(interval)
             continue
-        pause = interval / len(codes)
-        for code in codes:
+        size = PRESENCE_ROOMS_PER_STEP
+        steps = [codes[i : i + size] for i in range(0, len(codes), size)]
+        pause = interval / len(steps)
+        for step in steps:
             await asyncio.sleep(pause)
-            connections = {c.id: c for c in services.hub.connections(code)}
-            if not connections:
-                continue
+            await asyncio.gather(*(_refresh_room(services, code) for code in step))
+
+
+async def _refresh_room(services: Services, code: str) -> None:
+    connections = {c.id: c for c in services.hub.connections(code)}
+    if not connections:
+        return
+    try:
+        expired = await services.rooms.presence_refresh(
+            code, [(c.identity.user_id, c.id) for c in connections.values()]
+        )
+        for _, connection_id in expired:
+            connection = connections[connection_id]
             try:
-                expired = await services.rooms.presence_refresh(
-                    code, [(c.identity.user_id, c.id) for c in connections.values()]
-                )
-                for _, connection_id in expired:
-                    connection = connections[connection_id]
-                    try:
-                        await services.rooms.presence_add(
-                            code, connection.identity, connection.role, connection.id
-                        )
-                    except Unavailable:
-                        raise
-                    except RelayError as refusal:  # removed, or the room filled up while Redis was away
-                        connection.kick(refusal)
+                await services.rooms.presence_add(code, connection.identity, connection.role, connection.id)
             except Unavailable:
-                continue  # Redis is away; the bus reports it, and the next round retries
+                raise
+            except RelayError as refusal:  # removed, or the room filled up while Redis was away
+                connection.kick(refusal)
+    except Unavailable:
+        return  # Redis is away; the bus reports it, and the next round retries
