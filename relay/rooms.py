@@ -387,14 +387,14 @@ class Rooms:
             ],
         )
         outcome = _text(result[0])
-        self._raise_for(outcome, code)
+        raise_for_outcome(outcome, code)
         return Member.load(identity.user_id, result[1]), outcome == "joined"
 
     @redis_unavailable_is_503
     async def member(self, code: str, user_id: str) -> Member:
         """The user's membership of an open room, or the reason there is none."""
         result = await self._run(self._member, keys=RoomKeys.of(code).all, args=[user_id])
-        self._raise_for(_text(result[0]), code)
+        raise_for_outcome(_text(result[0]), code)
         return Member.load(user_id, result[1])
 
     @redis_unavailable_is_503
@@ -419,7 +419,7 @@ class Rooms:
         outcome = _text(result[0])
         if outcome == "closed":
             raise RoomClosed(f"room {code} is already closed")
-        self._raise_for(outcome, code)
+        raise_for_outcome(outcome, code)
         return int(result[1])
 
     # --- events ----------------------------------------------------------------------------------
@@ -464,7 +464,7 @@ class Rooms:
         outcome = _text(result[0])
         if outcome == "conflict":
             raise TextConflict(code)
-        self._raise_for(outcome, code)
+        raise_for_outcome(outcome, code)
         unfolded = int(result[2]) if outcome == "ok" else 0
         return Accepted(int(result[1]), was_duplicate=outcome == "duplicate", yjs_unfolded=unfolded)
 
@@ -584,7 +584,7 @@ class Rooms:
         )
         if outcome == "not_found":
             raise MemberNotFound(f"{user_id[:64]!r} is not a member of room {code}")
-        self._raise_for(outcome, code)
+        raise_for_outcome(outcome, code)
 
     @redis_unavailable_is_503
     async def presence_remove(self, code: str, user_id: str, connection_id: str) -> None:
@@ -633,13 +633,13 @@ class Rooms:
         )
         if outcome == "not_candidate":
             raise Forbidden("only the room's candidate sends monitoring frames")
-        self._raise_for(outcome, code)
+        raise_for_outcome(outcome, code)
 
     @redis_unavailable_is_503
     async def monitoring(self, code: str, user_id: str) -> MonitoringReport:
         """The room's monitoring data, for its interviewers only (also once the room is closed)."""
         result = await self._run(self._monitoring, keys=RoomKeys.of(code).all, args=[user_id])
-        self._raise_for(_text(result[0]), code)
+        raise_for_outcome(_text(result[0]), code)
         member = Member.load(user_id, result[1]) if result[1] else None
         if member is None or member.role != INTERVIEWER:
             raise Forbidden("Only the room's interviewer can access monitoring data")
@@ -700,7 +700,7 @@ class Rooms:
         result = await self._run(
             self._snapshot, keys=RoomKeys.of(code).all, args=[now, "" if after_seq is None else after_seq]
         )
-        self._raise_for(_text(result[0]), code)
+        raise_for_outcome(_text(result[0]), code)
         room = _pairs(result[1])
         members = sorted(
             (Member.load(uid, raw) for uid, raw in _pairs(result[2]).items()),
@@ -721,20 +721,21 @@ class Rooms:
         )
         return Snapshot(info, _text(room.get("content", b"")), cursors, _missed(result[5]))
 
-    @staticmethod
-    def _raise_for(outcome: str, code: str) -> None:
-        if outcome == "missing":
-            raise RoomNotFound(f"no room {code}: check the code, or the room may have expired")
-        if outcome == "closed":
-            raise RoomClosed(f"room {code} has been closed by its interviewer")
-        if outcome == "not_member":
-            raise NotMember(f"you are not a member of room {code}: join it first (POST /api/join-room)")
-        if outcome == "removed":
-            raise MemberRemoved(f"an interviewer removed you from room {code}")
-        if outcome == "full":
-            raise RoomFull(f"room {code} is full: it has the most members allowed (RELAY_MAX_MEMBERS)")
-        if outcome == "candidate_taken":
-            raise CandidateTaken(
-                f"Room already has a candidate: room {code} has the most candidates allowed "
-                "(RELAY_MAX_CANDIDATES); interviewers may still join"
-            )
+
+def raise_for_outcome(outcome: str, code: str) -> None:
+    """The refusal a room script's outcome stands for; returns for every outcome that is not one."""
+    if outcome == "missing":
+        raise RoomNotFound(f"no room {code}: check the code, or the room may have expired")
+    if outcome == "closed":
+        raise RoomClosed(f"room {code} has been closed by its interviewer")
+    if outcome == "not_member":
+        raise NotMember(f"you are not a member of room {code}: join it first (POST /api/join-room)")
+    if outcome == "removed":
+        raise MemberRemoved(f"an interviewer removed you from room {code}")
+    if outcome == "full":
+        raise RoomFull(f"room {code} is full: it has the most members allowed (RELAY_MAX_MEMBERS)")
+    if outcome == "candidate_taken":
+        raise CandidateTaken(
+            f"Room already has a candidate: room {code} has the most candidates allowed "
+            "(RELAY_MAX_CANDIDATES); interviewers may still join"
+        )

@@ -33,11 +33,11 @@ from redis.commands.core import AsyncScript
 from relay import metrics
 from relay.auth import Identity
 from relay.config import Settings
-from relay.errors import MemberRemoved, NotMember, RelayError, RoomClosed, RoomNotFound, Unavailable
+from relay.errors import RelayError, Unavailable
 from relay.keys import RoomKeys
 from relay.protocol import NO_ORIGIN, EditorUpdate, Envelope, now_ms, yjs_update_parts
 from relay.redis_errors import redis_unavailable_is_503
-from relay.rooms import NO_DOCUMENT, Accepted, Rooms, TextChange, TextConflict
+from relay.rooms import NO_DOCUMENT, Accepted, Rooms, TextChange, TextConflict, raise_for_outcome
 from relay.yjs_doc import RoomDoc, TextEdit, apply_edits, rebase_edit
 
 logger = logging.getLogger("relay.yjs")
@@ -385,14 +385,7 @@ class YjsStore:
 def _raise_for(outcome: str, code: str) -> None:
     if outcome == "ok":
         return
-    if outcome == "missing":
-        raise RoomNotFound(f"no room {code}: check the code, or the room may have expired")
-    if outcome == "closed":
-        raise RoomClosed(f"room {code} has been closed by its interviewer")
-    if outcome == "not_member":
-        raise NotMember(f"you are not a member of room {code}: join it first (POST /api/join-room)")
-    if outcome == "removed":
-        raise MemberRemoved(f"an interviewer removed you from room {code}")
+    raise_for_outcome(outcome, code)
     raise Unavailable(f"unexpected answer from the room's document store: {outcome[:40]}")
 
 
