@@ -30,6 +30,16 @@ from relay.config import DEV_JWT_SECRET
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Replicas for tests that type faster than a person and kill replicas on purpose: short presence and link
+# timeouts, a short drain, high rate limits.
+FAST_REPLICA_ENV = {
+    "RELAY_PRESENCE_TTL": "3",
+    "RELAY_REDIS_LINK_TIMEOUT": "2",
+    "RELAY_SHUTDOWN_GRACE": "5",
+    "RELAY_RATE_PER_SECOND": "2000",
+    "RELAY_RATE_BURST": "2000",
+}
+
 
 class Replica(ServerProcess):
     """`relay serve` as a real process (uvicorn), on a free port; started means /api/ready answers 200."""

@@ -13,6 +13,7 @@ import redis
 
 from tests.proxy import PausableProxy
 from tests.support import (
+    FAST_REPLICA_ENV,
     Client,
     RedisServer,
     Replica,
@@ -24,14 +25,7 @@ from tests.support import (
 )
 from tests.typist import Typist
 
-# High rate limits: these tests type faster than a person, on purpose.
-FAST = {
-    "RELAY_PRESENCE_TTL": "3",
-    "RELAY_REDIS_LINK_TIMEOUT": "2",
-    "RELAY_SHUTDOWN_GRACE": "5",
-    "RELAY_RATE_PER_SECOND": "2000",
-    "RELAY_RATE_BURST": "2000",
-}
+FAST = FAST_REPLICA_ENV
 
 
 def report(name: str, **figures: object) -> None:

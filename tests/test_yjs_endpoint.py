@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.support import (
+    FAST_REPLICA_ENV,
     Client,
     RedisServer,
     Replica,
@@ -34,11 +35,7 @@ from tests.support import (
 from tests.yjs_client import Refused, YjsClient
 
 FAST = {
-    "RELAY_PRESENCE_TTL": "3",
-    "RELAY_REDIS_LINK_TIMEOUT": "2",
-    "RELAY_SHUTDOWN_GRACE": "5",
-    "RELAY_RATE_PER_SECOND": "2000",
-    "RELAY_RATE_BURST": "2000",
+    **FAST_REPLICA_ENV,
     "RELAY_MAX_CANDIDATES": "10",
     "RELAY_CREATE_LIMIT": "1000",
     "RELAY_ALLOWED_ORIGINS": "https://app.example",
