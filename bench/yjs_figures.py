@@ -1,8 +1,11 @@
 """Figures for Yjs editing (issue 11): prints them; not a test (nothing here asserts a timing).
 
-    python -m bench.yjs_figures [--quick]
+    python -m bench.yjs_figures [--quick] [--two-replicas [--profile DIR]] [--only-keystrokes]
 
-1. Per keystroke in a 4 KB document: bytes through Redis and relay CPU, Yjs path vs whole-document path.
+1. Per keystroke in a 4 KB document: bytes through Redis and relay CPU, Yjs path vs whole-document path,
+   on one replica (typing as fast as relay takes it) and across two replicas (`--two-replicas`: a typist
+   on one, a reader on the other, 20 keystrokes a second each waiting for its ack, idle CPU and Redis
+   traffic subtracted; `--profile DIR` records each replica with py-spy meanwhile).
 2. The time a joiner waits for its sync step 2 with 1k / 10k / 100k updates of history, before and after
    compaction, and how long that compaction took.
 3. Keystrokes lost when two people type at random places at 5 keys/s each with 50 ms one-way delay:
@@ -23,7 +26,10 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -154,6 +160,154 @@ def _whole_document(
     }
     writer.close()
     return figures
+
+
+class _Profiles:
+    """py-spy recording each replica while a measured phase runs (raw collapsed stacks, one file each)."""
+
+    def __init__(self, directory: str | None, replicas: list[Replica]) -> None:
+        self.directory = directory
+        self.replicas = replicas
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.directory is None:
+            yield
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        # py-spy comes with the bench extras, next to this interpreter even when its venv is not on PATH.
+        spy_path = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+        if spy_path is None:
+            raise SystemExit("--profile needs py-spy on PATH")
+        spies = [
+            subprocess.Popen(  # noqa: S603 (our own argv)
+                [
+                    spy_path,
+                    "record",
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "--nonblocking",
+                    "-p",
+                    str(replica.pid),
+                    "-o",
+                    os.path.join(self.directory, f"{name}-r{n}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for n, replica in enumerate(self.replicas)
+        ]
+        time.sleep(1)  # py-spy attaches
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+            for spy in spies:
+                spy.wait(30)
+
+
+class _Meter:
+    """Replica CPU (all replicas) and Redis bytes over a phase, minus what the same span costs idle."""
+
+    def __init__(self, server: RedisServer, replicas: list[Replica]) -> None:
+        self.server = server
+        self.pids = [replica.pid for replica in replicas if replica.pid is not None]
+        cpu, traffic, started = self._read()
+        time.sleep(3)
+        cpu2, traffic2, ended = self._read()
+        self.idle_cpu = (cpu2 - cpu) / (ended - started)
+        self.idle_bytes = (traffic2 - traffic) / (ended - started)
+
+    def _read(self) -> tuple[float, int, float]:
+        return sum(_cpu_seconds(pid) for pid in self.pids), _redis_bytes(self.server.url), time.monotonic()
+
+    @contextlib.contextmanager
+    def measure(self, keystrokes: int, out: dict[str, float]) -> Iterator[None]:
+        cpu, traffic, started = self._read()
+        yield
+        cpu2, traffic2, ended = self._read()
+        span = ended - started
+        out["cpu_us"] = (cpu2 - cpu - self.idle_cpu * span) * 1e6 / keystrokes
+        out["redis_bytes"] = (traffic2 - traffic - self.idle_bytes * span) / keystrokes
+
+
+def _paced(keystrokes: int, rate: float) -> Iterator[int]:
+    started = time.monotonic()
+    for n in range(keystrokes):
+        time.sleep(max(0.0, started + n / rate - time.monotonic()))
+        yield n
+
+
+def per_keystroke_two_replicas(
+    keystrokes: int, rate: float = 20.0, profile: str | None = None
+) -> dict[str, dict[str, float]]:
+    """A typist on one replica, a reader on the other; each keystroke waits for its ack (a person typing)."""
+    document = "".join(random.Random(1).choice("abcdefghij klmnop\n") for _ in range(4096))
+    out: dict[str, dict[str, float]] = {"yjs": {}, "whole_document": {}}
+    with _servers(2, {}) as (server, replicas):
+        profiles = _Profiles(profile, replicas)
+        meter = _Meter(server, replicas)
+        ann, bob = token("ann"), token("bob")
+        code = create_room(replicas[0].http, ann)
+        join_room(replicas[1].http, bob, code)
+        typist = YjsClient(replicas[0].ws, code, ann, name="ann").connect()
+        reader = YjsClient(replicas[1].ws, code, bob, name="bob").connect()
+        typist.insert(0, document)
+        typist.wait_until_acked()
+        reader.wait_for_text(lambda text: len(text) == len(document))
+        time.sleep(1)
+        rng = random.Random(2)
+        with profiles.phase("yjs"), meter.measure(keystrokes, out["yjs"]):
+            for _ in _paced(keystrokes, rate):
+                typist.insert(rng.randint(0, len(document)), "x")
+                typist.wait_until_acked()
+            reader.wait_for_text(lambda text: len(text) == len(document) + keystrokes)
+            time.sleep(1)  # the text mirror's last run
+        typist.disconnect()
+        reader.disconnect()
+
+        code = create_room(replicas[0].http, ann)
+        join_room(replicas[1].http, bob, code)
+        writer = Client(replicas[0].ws, code, ann)
+        writer.recv_type("room_state")
+        text = document
+        final = document
+        rng = random.Random(3)
+        for _ in range(keystrokes):
+            at = rng.randint(0, len(final))
+            final = final[:at] + "x" + final[at:]
+        whole_reader = Client(replicas[1].ws, code, bob)
+        whole_reader.recv_type("room_state")
+        # The reader drains its socket meanwhile (a client that stops reading would be dropped as slow).
+        seen = threading.Event()
+
+        def drain() -> None:
+            whole_reader.recv_until(lambda f: f.get("content") == final, 60)
+            seen.set()
+
+        draining = threading.Thread(target=drain, daemon=True)
+        writer.send({"type": "editor_update", "content": text})
+        writer.recv_type("ack")
+        time.sleep(1)
+        rng = random.Random(3)
+        with profiles.phase("whole"), meter.measure(keystrokes, out["whole_document"]):
+            draining.start()
+            for _ in _paced(keystrokes, rate):
+                at = rng.randint(0, len(text))
+                text = text[:at] + "x" + text[at:]
+                writer.send({"type": "editor_update", "content": text})
+                writer.recv_type("ack")
+            seen.wait(60)
+            time.sleep(1)
+        writer.close()
+        whole_reader.close()
+    out["ratio_yjs_to_whole"] = {
+        key: out["yjs"][key] / out["whole_document"][key] for key in ("cpu_us", "redis_bytes")
+    }
+    return out
 
 
 # --- 2. joiners and compaction --------------------------------------------------------------------
@@ -371,11 +525,29 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke check of the script)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--two-replicas", action="store_true", help="also the per-keystroke figures across two replicas"
+    )
+    parser.add_argument("--profile", help="with --two-replicas: py-spy each replica into this directory")
+    parser.add_argument("--only-keystrokes", action="store_true", help="only the per-keystroke figures")
     args = parser.parse_args()
     figures: dict[str, Any] = {}
     keystrokes = 50 if args.quick else 300
+    if args.two_replicas:
+        figures["per_keystroke_4kb_two_replicas"] = per_keystroke_two_replicas(
+            keystrokes, profile=args.profile
+        )
+        print(
+            json.dumps(
+                {"per_keystroke_4kb_two_replicas": figures["per_keystroke_4kb_two_replicas"]}, indent=1
+            ),
+            flush=True,
+        )
     figures["per_keystroke_4kb"] = per_keystroke(keystrokes)
     print(json.dumps({"per_keystroke_4kb": figures["per_keystroke_4kb"]}, indent=1), flush=True)
+    if args.only_keystrokes:
+        _write(args.json, figures)
+        return
     figures["joiners"] = joiner_wait([1000] if args.quick else [1000, 10_000, 100_000])
     print(json.dumps({"joiners": figures["joiners"]}, indent=1), flush=True)
     seconds = 6 if args.quick else 30
@@ -385,8 +557,12 @@ def main() -> None:
         keystrokes_lost(("whole", "whole"), seconds, 0.05, merge="always"),
     ]
     print(json.dumps({"lost": figures["lost"]}, indent=1), flush=True)
-    if args.json:
-        with open(args.json, "w") as out:
+    _write(args.json, figures)
+
+
+def _write(path: str | None, figures: dict[str, Any]) -> None:
+    if path:
+        with open(path, "w") as out:
             json.dump(figures, out, indent=1)
 
 

@@ -143,7 +143,7 @@ async def join_room(request: Request) -> Response:
         raise
     if is_new:
         logger.info("user %s joined room %s as %s", identity.user_id, code, member.role)
-    snapshot = await services.rooms.snapshot(code, None)
+    snapshot = await services.yjs.snapshot(code, None)
     room_info = snapshot.room_info()
     del room_info["status"]  # the old backend's join answer had no status
     return JSONResponse(
@@ -162,7 +162,7 @@ async def get_room(request: Request) -> Response:
     services = _services(request)
     identity = await _identity(request)
     code = normalize_code(request.path_params["code"])
-    snapshot = await services.rooms.snapshot(code, None)
+    snapshot = await services.yjs.snapshot(code, None)
     info = snapshot.info
     if all(member.user_id != identity.user_id for member in info.members):
         raise Forbidden(f"only members of room {code} may see it: join it first (POST /api/join-room)")

@@ -190,6 +190,8 @@ class Snapshot:
     content: str
     cursors: dict[str, Any]
     missed: Missed
+    # The room's Yjs document has updates `content` does not show yet (yjs_store.YjsStore.snapshot).
+    text_behind: bool = False
 
     def room_info(self) -> dict[str, Any]:
         """The old backend's `room_info` object (room_state frames, join answers)."""
@@ -469,13 +471,14 @@ class Rooms:
         return Accepted(int(result[1]), was_duplicate=outcome == "duplicate", yjs_unfolded=unfolded)
 
     @redis_unavailable_is_503
-    async def set_text(self, code: str, identity: Identity, content: str, yseq: int) -> int | None:
+    async def set_text(self, code: str, author: tuple[str, str], content: str, yseq: int) -> int | None:
         """The room's text as of Yjs update `yseq` (yjs_store's text mirror): stored, and sent to
-        whole-document clients as one editor_update by `identity`; its seq, or None when unchanged."""
+        whole-document clients as one editor_update by `author` (user id, name); its seq, or None when
+        unchanged (or the room is closed: then only stored)."""
         now = now_ms()
         edit = EditorUpdate(content=content, cursor_position=None, client_msg_id=None)
         event = editor_update_event(
-            user_id=identity.user_id, user_name=identity.user_name, edit=edit, origin=NO_ORIGIN, ts=now
+            user_id=author[0], user_name=author[1], edit=edit, origin=NO_ORIGIN, ts=now
         )
         keys = RoomKeys.of(code)
         result = await self._run(
@@ -719,7 +722,13 @@ class Rooms:
             members=members,
             connected=connected,
         )
-        return Snapshot(info, _text(room.get("content", b"")), cursors, _missed(result[5]))
+        return Snapshot(
+            info,
+            _text(room.get("content", b"")),
+            cursors,
+            _missed(result[5]),
+            text_behind=bool(int(result[6])),
+        )
 
 
 def raise_for_outcome(outcome: str, code: str) -> None:

@@ -212,7 +212,7 @@ async def close_connection(services: Services, connection: Connection) -> None:
 
 
 async def _snapshot(services: Services, connection: Connection, last_seq: int | None) -> Snapshot:
-    snapshot = await services.rooms.snapshot(connection.room_code, last_seq)
+    snapshot = await services.yjs.snapshot(connection.room_code, last_seq)
     if snapshot.info.status != "open":
         raise RoomClosed(f"room {connection.room_code} has been closed by its interviewer")
     connection.bases.saw_text(snapshot.content)

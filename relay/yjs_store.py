@@ -37,7 +37,7 @@ from relay.errors import RelayError, Unavailable
 from relay.keys import RoomKeys
 from relay.protocol import NO_ORIGIN, EditorUpdate, Envelope, now_ms, yjs_update_parts
 from relay.redis_errors import redis_unavailable_is_503
-from relay.rooms import NO_DOCUMENT, Accepted, Rooms, TextChange, TextConflict, raise_for_outcome
+from relay.rooms import NO_DOCUMENT, Accepted, Rooms, Snapshot, TextChange, TextConflict, raise_for_outcome
 from relay.yjs_doc import RoomDoc, TextEdit, apply_edits, rebase_edit
 
 logger = logging.getLogger("relay.yjs")
@@ -56,6 +56,7 @@ class YjsKeys:
     ydoc: str
     updates: str
     lock: str
+    presence: str
     channel: str
 
     @classmethod
@@ -68,13 +69,14 @@ class YjsKeys:
             ydoc=f"{prefix}:ydoc",
             updates=f"{prefix}:yupdates",
             lock=f"{prefix}:ylock",
+            presence=room.presence,
             channel=room.channel,
         )
 
     @property
     def all(self) -> list[str]:
         """KEYS of yjs_append / yjs_read / yjs_seed (relay/lua/yjs_*.lua)."""
-        return [self.room, self.members, self.ydoc, self.updates]
+        return [self.room, self.members, self.ydoc, self.updates, self.presence]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class LoadedDoc:
     seq: int
     status: str
     has_yjs_edits: bool = False  # a Yjs client has edited the room
+    author: tuple[str, str] = ("", "")  # the last Yjs update's author: user id, name
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,7 @@ class YjsStore:
         self._settings = settings
         self._with_document: OrderedDict[str, None] = OrderedDict()
         self.compactor = Compactor(self, after=settings.yjs_compact_after, keep=settings.yjs_compact_keep)
-        self.mirror = TextMirror(self, rooms, delay=settings.yjs_text_delay)
+        self.mirror = TextMirror(self, delay=settings.yjs_text_delay)
         publish = f"local PUBLISH = '{'SPUBLISH' if sharded_publish else 'PUBLISH'}'\n"
 
         def script(name: str) -> AsyncScript:
@@ -175,19 +178,31 @@ class YjsStore:
     async def append(self, code: str, author: Identity, update: bytes, origin: str) -> Appended:
         """Number, store and publish one update. Returns once Redis has it (what relay acknowledges).
 
-        Then the room's text follows (TextMirror) and the stream is compacted when it grew long."""
+        Then the room's text follows (TextMirror) if a whole-document client is connected to the room
+        (else it is brought up to date when read: `snapshot`), and the stream is compacted when it grew
+        long."""
         keys = YjsKeys.of(code)
         for _ in range(LOAD_ATTEMPTS):
             head, middle = yjs_update_parts(origin, now_ms())
             result = await self._run(
                 self._append,
                 keys.all,
-                [author.user_id, update, origin, self._settings.room_ttl, keys.channel, head, middle],
+                [
+                    author.user_id,
+                    update,
+                    origin,
+                    self._settings.room_ttl,
+                    keys.channel,
+                    head,
+                    middle,
+                    author.user_name,
+                ],
             )
             outcome = _text(result[0])
             if outcome == "ok":
                 appended = Appended(int(result[1]), int(result[2]))
-                self.mirror.changed(code, author)
+                if int(result[3]):
+                    self.mirror.changed(code)
                 self.compactor.appended(code, appended.unfolded)
                 return appended
             if outcome != "unseeded":
@@ -268,8 +283,9 @@ class YjsStore:
                 _text(result[4]),
             )
             has_yjs_edits = bool(int(result[5]))
+            author = (_text(result[6]), _text(result[7]))
             doc = RoomDoc(snapshot or None)
-            rows = _rows(result[6:])
+            rows = _rows(result[8:])
             expected = folded + 1
             while rows and expected <= seq:
                 if rows[0][0] != expected:
@@ -283,8 +299,22 @@ class YjsStore:
                     rows = await self._chunk(keys, expected, seq)
             if expected > seq:
                 self._remember(code)
-                return LoadedDoc(doc, seq, status, has_yjs_edits)
+                return LoadedDoc(doc, seq, status, has_yjs_edits, author)
         raise Unavailable("the room's document kept changing shape while being read; retry")
+
+    async def snapshot(self, code: str, after_seq: int | None) -> Snapshot:
+        """rooms.snapshot, with the room's text brought up to date first when Yjs updates are newer
+        than it (they were typed while no whole-document client was connected, so nobody folded them)."""
+        snapshot = await self._rooms.snapshot(code, after_seq)
+        if not snapshot.text_behind:
+            return snapshot
+        await self.update_text(code)
+        return await self._rooms.snapshot(code, after_seq)
+
+    async def update_text(self, code: str) -> None:
+        """Fold the document and store its text (sent as an editor_update when the room is open)."""
+        loaded = await self.load(code)
+        await self._rooms.set_text(code, loaded.author, loaded.doc.content(), loaded.seq)
 
     @redis_unavailable_is_503
     async def updates_after(self, code: str, after: int, upto: int) -> list[tuple[int, bytes]] | None:
@@ -433,41 +463,39 @@ class Compactor:
 
 
 class TextMirror:
-    """Keeps the room's text (what whole-document clients, GET /api/room and redis-cli see) in step with
-    Yjs edits: a while (`delay`) after a Yjs update, the document is folded and its text stored and sent
-    as one editor_update, coalescing every keystroke in between. Any replica may run it; the script
-    keeps only the newest text."""
+    """Keeps the room's text (what whole-document clients see) in step with Yjs edits while a
+    whole-document client is connected: a while (`delay`) after a Yjs update, the document is folded and
+    its text stored and sent as one editor_update, coalescing every keystroke in between. Any replica may
+    run it; the script keeps only the newest text."""
 
-    def __init__(self, store: YjsStore, rooms: Rooms, *, delay: float) -> None:
+    def __init__(self, store: YjsStore, *, delay: float) -> None:
         self._store = store
-        self._rooms = rooms
         self._delay = delay
-        self._authors: dict[str, Identity] = {}
+        self._dirty: set[str] = set()
         self._pending: dict[str, asyncio.Task[None]] = {}
 
-    def changed(self, code: str, author: Identity) -> None:
-        self._authors[code] = author
+    def changed(self, code: str) -> None:
+        self._dirty.add(code)
         if code not in self._pending:
             self._pending[code] = asyncio.create_task(self._run(code), name=f"yjs-text-{code}")
 
     async def _run(self, code: str) -> None:
         try:
             await asyncio.sleep(self._delay)
-            author = self._authors.pop(code)
-            loaded = await self._store.load(code)
-            await self._rooms.set_text(code, author, loaded.doc.content(), loaded.seq)
+            self._dirty.discard(code)
+            await self._store.update_text(code)
         except RelayError as error:
             logger.warning("room %s: text not updated: %s", code, error.message)
         except Exception:
             logger.exception("room %s: text update failed", code)
         finally:
             self._pending.pop(code, None)
-            if code in self._authors:  # changed while this run folded: one more run covers it
-                self.changed(code, self._authors[code])
+            if code in self._dirty:  # changed while this run folded: one more run covers it
+                self.changed(code)
 
     async def aclose(self) -> None:
         tasks = list(self._pending.values())
-        self._authors.clear()
+        self._dirty.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -77,6 +77,9 @@ _RECEIVED = {
 }
 
 EMPTY_STEP2 = sync_step2(b"\x00\x00")
+# Yjs connection ids start with it, whole-document ones are hex: a room's presence entries tell
+# yjs_append whether any whole-document client needs the room's text kept up to date.
+YJS_ID_PREFIX = "y"
 REPLY = "reply"  # a YjsFrame the reader queues for its own socket: sent as is
 
 
@@ -92,6 +95,10 @@ class YjsConnection(Connection):
     own_clients: dict[int, int] = field(default_factory=dict)
     # Other clients' awareness: client id -> (connection that published it, last clock).
     peers: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        Connection.__post_init__(self)  # not super(): slots dataclasses break its zero-argument form
+        self.id = YJS_ID_PREFIX + self.id[len(YJS_ID_PREFIX) :]
 
 
 async def yjs_endpoint(websocket: WebSocket) -> None:

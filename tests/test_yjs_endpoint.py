@@ -392,3 +392,55 @@ def test_a_room_without_yjs_clients_has_no_yjs_document_until_one_comes(
         ann.wait_for_text(lambda text: text == "print(1)\nprint(2)\n")
     finally:
         writer.close()
+
+
+def test_a_whole_document_client_joining_a_yjs_only_room_gets_the_text_then_follows_it(
+    pair: list[Replica], clients: list[YjsClient], redis_server: RedisServer
+) -> None:
+    """While only Yjs clients are connected, nobody folds the room's text after each burst of typing
+    (no editor_update is recorded); a whole-document client joining on the other replica gets the current
+    text in its room_state, a reconnect with last_seq gets it as an editor_update, and from then on it
+    follows the Yjs typing. After the room is closed, GET /api/room shows the final text."""
+    code, tokens = _room(pair[0], "ann", "bob")
+    store = redis.Redis.from_url(redis_server.url)
+    room_key = f"relay:{{{code}}}:room"
+    ann = YjsClient(pair[0].ws, code, tokens["ann"], name="ann").connect()
+    clients.append(ann)
+    ann.insert(0, "def f():\n")
+    ann.insert(len(ann.content()), "    return 1\n")
+    ann.wait_until_acked()
+    time.sleep(0.5)  # more than RELAY_YJS_TEXT_DELAY: a mirror, had it been scheduled, would have run
+    assert int(store.hget(room_key, "seq") or 0) == 0, "a text was sent with no whole-document client"
+    assert (store.hget(room_key, "content") or b"") == b""
+
+    bob = Client(pair[1].ws, code, tokens["bob"])
+    try:
+        state = bob.recv_type("room_state")
+        assert state["room_info"]["editor_content"] == ann.content() == "def f():\n    return 1\n"
+        # Now the room has a whole-document client: Yjs typing reaches it within the coalescing delay.
+        ann.insert(len(ann.content()), "print(f())\n")
+        ann.wait_until_acked()
+        frame = bob.recv_until(lambda f: f.get("type") == "editor_update", timeout=10)
+        assert frame["content"] == ann.content()
+        last_seq = int(frame["seq"])
+    finally:
+        bob.close()
+
+    # Yjs typing while the whole-document client is away; its reconnect from last_seq catches up.
+    wait_for(lambda: int(store.zcard(f"relay:{{{code}}}:presence")) == 1, 10, "bob's presence to go")
+    ann.insert(0, "# v2\n")
+    ann.wait_until_acked()
+    bob = Client(pair[0].ws, code, tokens["bob"], last_seq=last_seq)
+    try:
+        frames = bob.drain(quiet=1.0)
+        texts = [f["content"] for f in frames if f.get("type") == "editor_update"]
+        assert texts and texts[-1] == ann.content(), frames
+    finally:
+        bob.close()
+
+    ann.insert(len(ann.content()), "# closed after this\n")
+    ann.wait_until_acked()
+    final = ann.content()
+    response = httpx.delete(f"{pair[0].http}/api/room/{code}", headers=auth(tokens["ann"]), timeout=10)
+    assert response.status_code == 200
+    assert _content(pair[1], tokens["bob"], code) == final
