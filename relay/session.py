@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
@@ -210,13 +211,12 @@ class Connection:
     queue: SendQueue = field(init=False)
     # What this socket's client may have based its next whole-document edit on (yjs_doc.TextBases).
     bases: TextBases = field(init=False)
-    # Resolved by kick(): a bare future, not a task waiting on an event (memory per idle socket counts).
-    kicked: asyncio.Future[None] = field(init=False)
+    # Set by ws.serve while its reader runs: kick() schedules it, and it stops the reader.
+    on_kick: Callable[[], None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.queue = SendQueue(self.queue_size)
         self.bases = TextBases()
-        self.kicked = asyncio.get_running_loop().create_future()
 
     def offer(self, item: QueueItem) -> None:
         """Queue without waiting; a full queue means the client stopped reading, so it is dropped."""
@@ -228,10 +228,13 @@ class Connection:
             self.kick(SlowConsumer(f"you fell {self.queue_size} frames behind; reconnect to resume"))
 
     def kick(self, reason: RelayError) -> None:
-        if self.closing is None:
-            self.closing = reason
-        if not self.kicked.done():
-            self.kicked.set_result(None)
+        """End the socket with `reason` (the first kick's reason is the one the client gets)."""
+        if self.closing is not None:
+            return
+        self.closing = reason
+        if self.on_kick is not None:
+            # Later, not now: the caller may be the reader itself, which returns after kicking.
+            asyncio.get_running_loop().call_soon(self.on_kick)
 
     def has_sent(self, item: DurableEvent | EarlyAck | VolatileFrame) -> bool:
         """Record that `item` is on the socket; False when the socket must send nothing more."""

@@ -292,26 +292,79 @@ async def serve(
     read: Callable[[TokenWatch], Coroutine[Any, Any, None]],
     write: Coroutine[Any, Any, None],
 ) -> None:
-    """Run reader and writer until one ends or the connection is kicked; the token watch is two timers."""
+    """Read in this task (the endpoint's) and write in a task of its own, until either ends or the
+    connection is kicked.
+
+    One task fewer per socket than a reader task beside the writer, and no `asyncio.wait` over them (a
+    task, its coroutine and the wait's futures and callbacks are about 1 KB per idle socket). A kick,
+    or the writer's end, cancels this task while it reads (it may be blocked in `websocket.receive()`);
+    that cancellation is told apart from one from outside (uvicorn's shutdown) the way `asyncio.timeout`
+    does it: by the task's count of cancel requests, so only the one `_Stop` made is absorbed.
+    """
     settings = services.settings
+    stop = _Stop()
+    cancelling = stop.reader.cancelling()
     watch = TokenWatch(settings.token_expiry_warning, settings.token_grace, connection)
-    tasks: set[asyncio.Future[None]] = {
-        asyncio.create_task(read(watch), name=f"ws-read-{connection.id}"),
-        asyncio.create_task(write, name=f"ws-write-{connection.id}"),
-    }
+    reading = read(watch)
+    del read  # the closure that made the coroutine is not needed for the socket's life
+    writer = asyncio.create_task(write, name=f"ws-write-{connection.id}")
+    writer.add_done_callback(stop)
+    connection.on_kick = stop
+    failure: BaseException | None = None
     try:
-        done, _ = await asyncio.wait({*tasks, connection.kicked}, return_when=asyncio.FIRST_COMPLETED)
+        if connection.closing is None:
+            await reading
+        else:  # kicked before serving began (e.g. removed while its initial state was sent)
+            reading.close()
+    except asyncio.CancelledError:
+        if not stop.has_cancelled:
+            raise
+        stop.has_cancelled = False
+        if stop.reader.uncancel() > cancelling:
+            raise  # cancelled from outside as well
+    except Exception as error:
+        if not stop.has_cancelled:  # an error raised on its way out of a kick is not the socket's failure
+            failure = error
     finally:
+        stop.is_reading = False
+        connection.on_kick = None
+        if stop.has_cancelled:
+            # The reader swallowed the CancelledError and ended anyway: drop the request it left behind.
+            stop.reader.uncancel()
         watch.cancel()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done & tasks:
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            if not isinstance(error, WebSocketDisconnect | OSError | RuntimeError):
-                logger.error("connection %s failed", connection.id, exc_info=error)
-                connection.kick(InternalError("internal error; reconnect to resume"))
+        writer.remove_done_callback(stop)
+        if writer.done():
+            if not writer.cancelled() and failure is None:
+                failure = writer.exception()
+        else:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+    if failure is not None and not isinstance(failure, WebSocketDisconnect | OSError | RuntimeError):
+        logger.error("connection %s failed", connection.id, exc_info=failure)
+        connection.kick(InternalError("internal error; reconnect to resume"))
+
+
+class _Stop:
+    """Stops the reading task of `serve`: the connection's kick and the writer's end both call it.
+
+    Called from a loop callback (Connection.kick schedules it, a task's done-callbacks are scheduled),
+    never from inside the reader itself: so the reader is suspended at an await when it is cancelled,
+    and a reader that kicked its own connection has already returned (`is_reading` is False) by then.
+    """
+
+    __slots__ = ("has_cancelled", "is_reading", "reader")
+
+    def __init__(self) -> None:
+        reader = asyncio.current_task()
+        assert reader is not None  # serve runs in the endpoint's task
+        self.reader = reader
+        self.is_reading = True
+        self.has_cancelled = False
+
+    def __call__(self, _: object = None) -> None:
+        if self.is_reading and not self.has_cancelled:
+            self.has_cancelled = True
+            self.reader.cancel()
 
 
 async def _read(websocket: WebSocket, services: Services, connection: Connection, watch: TokenWatch) -> None:
