@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -371,9 +371,12 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
     settings = services.settings
     rooms = services.rooms
     admission = services.admission
-    bucket = TokenBucket(settings.rate_per_second, settings.rate_burst)
-    flood = _FloodWatch(limit=settings.rate_burst)
-    monitoring_bucket = TokenBucket(MONITORING_RATE_PER_SECOND, MONITORING_BURST)
+    # The limits are made when first needed, not at connect: most sockets spend most of their life idle,
+    # and memory per idle socket counts. A bucket made at the first frame is full, as one made at
+    # connect would be by then.
+    bucket: TokenBucket | None = None
+    flood: _FloodWatch | None = None
+    monitoring_bucket: TokenBucket | None = None
     last_rate_notice = last_monitoring_notice = last_shed_notice = 0.0
     frame: ClientFrame | RelayError | None
     while True:
@@ -382,9 +385,11 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
+        if bucket is None:
+            bucket = TokenBucket(settings.rate_per_second, settings.rate_burst)
         text = message.get("text")
         if text is None:
-            if not bucket.take() and flood.dropped():
+            if not bucket.take() and (flood := flood or _FloodWatch(settings.rate_burst)).dropped():
                 connection.kick(RateLimited("too many frames; slow down"))
                 return
             connection.offer(_error("bad_frame", "binary frames are not supported: send JSON text frames"))
@@ -398,7 +403,7 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
         except RelayError as refusal:
             frame = refusal
         if not bucket.take():
-            if flood.dropped():
+            if (flood := flood or _FloodWatch(settings.rate_burst)).dropped():
                 connection.kick(RateLimited("kept sending faster than the rate limit"))
                 return
             # Every refused edit is answered (its sender must resend it); other refusals at most once a
@@ -487,6 +492,8 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                 # The store checks the membership record again; this answers the common case locally.
                 connection.offer(_error("forbidden", "only the room's candidate sends monitoring frames"))
                 continue
+            if monitoring_bucket is None:
+                monitoring_bucket = TokenBucket(MONITORING_RATE_PER_SECOND, MONITORING_BURST)
             if not monitoring_bucket.take():
                 if time.monotonic() - last_monitoring_notice > 1.0:
                     last_monitoring_notice = time.monotonic()
@@ -509,9 +516,14 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
 
 
 class _FloodWatch:
-    """Counts frames dropped by the rate limit; too many within a window means a flood, not typing."""
+    """Counts frames dropped by the rate limit; too many within a window means a flood, not typing.
 
-    WINDOW_SECONDS = 10.0
+    Made at a socket's first dropped frame, which starts its first window.
+    """
+
+    __slots__ = ("_count", "_limit", "_window_start")
+
+    WINDOW_SECONDS: ClassVar[float] = 10.0
 
     def __init__(self, limit: int) -> None:
         self._limit = limit

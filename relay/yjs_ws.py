@@ -155,8 +155,9 @@ async def _load(services: Services, connection: YjsConnection) -> LoadedDoc:
 
 async def _read(websocket: WebSocket, services: Services, connection: YjsConnection) -> None:
     settings = services.settings
-    updates = TokenBucket(settings.rate_per_second, settings.rate_burst)
-    awareness = TokenBucket(settings.rate_per_second, settings.rate_burst)
+    # Made when first needed (memory per idle socket counts); full when made, as at connect.
+    updates: TokenBucket | None = None
+    awareness: TokenBucket | None = None
     code = connection.room_code
     while True:
         message = data = None  # an idle socket must not pin its last frame
@@ -190,6 +191,8 @@ async def _read(websocket: WebSocket, services: Services, connection: YjsConnect
             del doc
         elif isinstance(parsed, SyncStep2 | SyncUpdate):
             if not is_empty_update(parsed.update):
+                if updates is None:
+                    updates = TokenBucket(settings.rate_per_second, settings.rate_burst)
                 if not updates.take():
                     connection.kick(
                         RateLimited("too many updates per second; reconnect (your edits are kept)")
@@ -206,6 +209,8 @@ async def _read(websocket: WebSocket, services: Services, connection: YjsConnect
                 await services.yjs.append(code, connection.identity, parsed.update, connection.id)
             connection.offer(YjsFrame(REPLY, 0, connection.id, EMPTY_STEP2))
         elif isinstance(parsed, AwarenessMessage):
+            if awareness is None:
+                awareness = TokenBucket(settings.rate_per_second, settings.rate_burst)
             if not awareness.take() or not services.admission.admits_frame():
                 continue  # volatile: a dropped cursor position is replaced by the next one
             for entry in entries:
