@@ -29,6 +29,7 @@ from relay.auth import Authenticator
 from relay.bus import Bus, PubSubBus
 from relay.cluster import ClusterBus, ClusterConfig, ShardedScripts, Topology
 from relay.config import MultiNodeURL, Settings
+from relay.expiry import TokenClock
 from relay.hub import Hub
 from relay.limits import Quotas
 from relay.origins import cors_origins
@@ -151,6 +152,7 @@ def create_app(settings: Settings) -> Starlette:
             admission=admission,
             yjs=yjs,
             replica_id=replica_id,
+            tokens=TokenClock(settings.token_expiry_warning, settings.token_grace),
         )
         app.state.services = services
         if settings.is_embedded:

@@ -8,6 +8,7 @@ from relay.admission import Admission
 from relay.auth import Authenticator
 from relay.bus import PubSubBus
 from relay.config import Settings
+from relay.expiry import TokenClock
 from relay.hub import Hub
 from relay.limits import Quotas
 from relay.rooms import Rooms
@@ -25,4 +26,5 @@ class Services:
     admission: Admission
     yjs: YjsStore
     replica_id: str
+    tokens: TokenClock
     is_draining: bool = False

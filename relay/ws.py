@@ -35,11 +35,11 @@ from relay.errors import (
     RateLimited,
     RelayError,
     RoomClosed,
-    TokenExpired,
     TooLarge,
     Unauthorized,
     Unavailable,
 )
+from relay.expiry import TokenWatch
 from relay.keys import normalize_code
 from relay.limits import TokenBucket
 from relay.origins import origin_allowed
@@ -58,7 +58,6 @@ from relay.protocol import (
     error_frame,
     parse_client_frame,
     room_state_frame,
-    token_expiring_frame,
     token_refreshed_frame,
 )
 from relay.rooms import CANDIDATE, Resume, Snapshot
@@ -301,10 +300,9 @@ async def serve(
     that cancellation is told apart from one from outside (uvicorn's shutdown) the way `asyncio.timeout`
     does it: by the task's count of cancel requests, so only the one `_Stop` made is absorbed.
     """
-    settings = services.settings
     stop = _Stop()
     cancelling = stop.reader.cancelling()
-    watch = TokenWatch(settings.token_expiry_warning, settings.token_grace, connection)
+    watch = TokenWatch(services.tokens, connection)
     reading = read(watch)
     del read  # the closure that made the coroutine is not needed for the socket's life
     writer = asyncio.create_task(write, name=f"ws-write-{connection.id}")
@@ -537,46 +535,6 @@ class _FloodWatch:
             self._window_start, self._count = now, 0
         self._count += 1
         return self._count > self._limit
-
-
-class TokenWatch:
-    """Warns before the socket's token expires and kicks it at expiry: one timer at a time (the warning's,
-    then the kick's), rescheduled on refresh. One TimerHandle with its arguments is about 0.55 KB, and
-    every idle socket has one.
-
-    With a grace (RELAY_TOKEN_GRACE, for frontends that cannot refresh) the kick comes that long after
-    the token's expiry, and the warning that long later too.
-    """
-
-    def __init__(self, warning_seconds: int, grace_seconds: int, connection: Connection) -> None:
-        self._warning = warning_seconds
-        self._grace = grace_seconds
-        self._connection = connection
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self.schedule()
-
-    def schedule(self) -> None:
-        self.cancel()
-        # loop time and wall time differ by a constant: convert the wall-clock close time once
-        closes_at = self._connection.identity.expires_at + self._grace
-        at = self._loop.time() + (closes_at - time.time())
-        self._timer = self._loop.call_at(at - self._warning, self._warn, at)
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _warn(self, at: float) -> None:
-        expires_at = self._connection.identity.expires_at
-        frame = token_expiring_frame(int(expires_at), int(expires_at + self._grace))
-        self._connection.offer(VolatileFrame(frame.decode()))
-        self._timer = self._loop.call_at(at, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        self._connection.kick(TokenExpired("token expired: send a refresh_token frame before it does"))
 
 
 async def _write(websocket: WebSocket, services: Services, connection: Connection) -> None:

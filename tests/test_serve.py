@@ -15,6 +15,7 @@ from relay import ws
 from relay.auth import Identity
 from relay.config import Settings
 from relay.errors import InternalError, RateLimited, RoomClosed
+from relay.expiry import TokenClock, TokenWatch
 from relay.services import Services
 from relay.session import Connection
 
@@ -25,6 +26,7 @@ ALICE = Identity("alice", "Alice", None, is_interviewer=False, expires_at=2e9)
 
 class _Services:
     settings = Settings()
+    tokens = TokenClock(settings.token_expiry_warning, settings.token_grace)
 
 
 SERVICES = cast(Services, _Services())
@@ -45,7 +47,7 @@ def test_a_kick_stops_a_reader_blocked_in_a_read_and_the_writer() -> None:
         reading = asyncio.Event()
         reader_cancelled = False
 
-        async def read(_watch: ws.TokenWatch) -> None:
+        async def read(_watch: TokenWatch) -> None:
             nonlocal reader_cancelled
             reading.set()
             try:
@@ -71,7 +73,7 @@ def test_after_a_kick_the_endpoint_task_can_still_await_and_time_out() -> None:
     async def scenario() -> None:
         connection = _connection()
 
-        async def read(_watch: ws.TokenWatch) -> None:
+        async def read(_watch: TokenWatch) -> None:
             asyncio.get_running_loop().call_later(0.01, connection.kick, RoomClosed("closed"))
             await asyncio.Event().wait()
 
@@ -94,7 +96,7 @@ def test_a_reader_that_kicks_itself_returns_without_a_pending_cancel() -> None:
     async def scenario() -> None:
         connection = _connection()
 
-        async def read(_watch: ws.TokenWatch) -> None:
+        async def read(_watch: TokenWatch) -> None:
             connection.kick(RateLimited("flood"))
 
         endpoint = asyncio.create_task(ws.serve(SERVICES, connection, read, _blocked_writer(connection)))
@@ -109,7 +111,7 @@ def test_the_writer_ending_stops_the_reader_and_its_failure_is_reported() -> Non
     async def scenario() -> None:
         connection = _connection()
 
-        async def read(_watch: ws.TokenWatch) -> None:
+        async def read(_watch: TokenWatch) -> None:
             await asyncio.Event().wait()
 
         async def failing_writer() -> None:
@@ -128,7 +130,7 @@ def test_a_cancellation_from_outside_gets_through_even_with_a_kick_at_the_same_t
         reading = asyncio.Event()
         writer_cancelled = asyncio.Event()
 
-        async def read(_watch: ws.TokenWatch) -> None:
+        async def read(_watch: TokenWatch) -> None:
             reading.set()
             await asyncio.Event().wait()
 
@@ -156,7 +158,7 @@ def test_a_connection_kicked_before_serving_does_not_read() -> None:
         connection.kick(RoomClosed("closed"))
         started = False
 
-        async def read(_watch: ws.TokenWatch) -> None:
+        async def read(_watch: TokenWatch) -> None:
             nonlocal started
             started = True
 
