@@ -241,6 +241,46 @@ def _paced(keystrokes: int, rate: float) -> Iterator[int]:
         yield n
 
 
+def _yjs_to_whole_reader(  # noqa: PLR0917
+    replicas: list[Replica], document: str, keystrokes: int, rate: float, profiles: _Profiles, meter: _Meter
+) -> dict[str, float]:
+    """The Yjs typist again, with a whole-document reader on the other replica: the text mirror runs."""
+    ann, bob = token("ann"), token("bob")
+    code = create_room(replicas[0].http, ann)
+    join_room(replicas[1].http, bob, code)
+    typist = YjsClient(replicas[0].ws, code, ann, name="ann").connect()
+    typist.insert(0, document)
+    typist.wait_until_acked()
+    reader = Client(replicas[1].ws, code, bob)
+    reader.recv_type("room_state")
+    latest = [""]
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                frame = reader.recv(timeout=0.2)
+                if frame.get("type") == "editor_update":
+                    latest[0] = str(frame["content"])
+
+    draining = threading.Thread(target=drain, daemon=True)
+    draining.start()
+    time.sleep(1)
+    figures: dict[str, float] = {}
+    rng = random.Random(2)
+    with profiles.phase("yjs-whole-reader"), meter.measure(keystrokes, figures):
+        for _ in _paced(keystrokes, rate):
+            typist.insert(rng.randint(0, len(document)), "x")
+            typist.wait_until_acked()
+        wait_for(lambda: latest[0] == typist.content(), 30, "the whole-document reader to get the text")
+        time.sleep(1)
+    stop.set()
+    draining.join(5)
+    typist.disconnect()
+    reader.close()
+    return figures
+
+
 def per_keystroke_two_replicas(
     keystrokes: int, rate: float = 20.0, profile: str | None = None
 ) -> dict[str, dict[str, float]]:
@@ -268,6 +308,9 @@ def per_keystroke_two_replicas(
             time.sleep(1)  # the text mirror's last run
         typist.disconnect()
         reader.disconnect()
+        out["yjs_whole_document_reader"] = _yjs_to_whole_reader(
+            replicas, document, keystrokes, rate, profiles, meter
+        )
 
         code = create_room(replicas[0].http, ann)
         join_room(replicas[1].http, bob, code)
@@ -304,6 +347,10 @@ def per_keystroke_two_replicas(
             time.sleep(1)
         writer.close()
         whole_reader.close()
+    out["ratio_yjs_whole_reader_to_whole"] = {
+        key: out["yjs_whole_document_reader"][key] / out["whole_document"][key]
+        for key in ("cpu_us", "redis_bytes")
+    }
     out["ratio_yjs_to_whole"] = {
         key: out["yjs"][key] / out["whole_document"][key] for key in ("cpu_us", "redis_bytes")
     }
@@ -530,9 +577,10 @@ def main() -> None:
     )
     parser.add_argument("--profile", help="with --two-replicas: py-spy each replica into this directory")
     parser.add_argument("--only-keystrokes", action="store_true", help="only the per-keystroke figures")
+    parser.add_argument("--keystrokes", type=int, help="keystrokes per measured phase (default 300)")
     args = parser.parse_args()
     figures: dict[str, Any] = {}
-    keystrokes = 50 if args.quick else 300
+    keystrokes = args.keystrokes or (50 if args.quick else 300)
     if args.two_replicas:
         figures["per_keystroke_4kb_two_replicas"] = per_keystroke_two_replicas(
             keystrokes, profile=args.profile

@@ -47,6 +47,8 @@ LOAD_ATTEMPTS: Final = 5  # a compaction that trims while we read a long tail ma
 LOCK_MS: Final = 60_000
 EDIT_ATTEMPTS: Final = 8  # merges of one whole-document edit racing other edits before giving up
 ROOMS_REMEMBERED: Final = 10_000  # room codes this replica knows to have a Yjs document (a hint)
+MIRRORED_DOCS: Final = 32  # documents the text mirror keeps folded between its runs (rooms it follows)
+MIRRORED_IDLE_SECONDS: Final = 30.0  # ... and for how long after a room's last run
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,15 @@ class LoadedDoc:
     status: str
     has_yjs_edits: bool = False  # a Yjs client has edited the room
     author: tuple[str, str] = ("", "")  # the last Yjs update's author: user id, name
+
+
+@dataclass(slots=True)
+class Folded:
+    """The room's document folded at `seq` (the text mirror keeps one per room it follows)."""
+
+    doc: RoomDoc
+    seq: int
+    author: tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,10 +322,38 @@ class YjsStore:
         await self.update_text(code)
         return await self._rooms.snapshot(code, after_seq)
 
-    async def update_text(self, code: str) -> None:
-        """Fold the document and store its text (sent as an editor_update when the room is open)."""
-        loaded = await self.load(code)
-        await self._rooms.set_text(code, loaded.author, loaded.doc.content(), loaded.seq)
+    async def update_text(self, code: str, folded: Folded | None = None) -> Folded:
+        """Fold the document and store its text (sent as an editor_update when the room is open).
+
+        `folded`, the document as an earlier call returned it, is brought forward with the updates after
+        it (the text mirror's cache: it then reads a few updates, not the snapshot and the whole tail);
+        when compaction trimmed some of those, the document is loaded afresh. Returns the new fold."""
+        if folded is None or not await self._fold_forward(code, folded):
+            loaded = await self.load(code)
+            folded = Folded(loaded.doc, loaded.seq, loaded.author)
+        await self._rooms.set_text(code, folded.author, folded.doc.content(), folded.seq)
+        return folded
+
+    async def _fold_forward(self, code: str, folded: Folded) -> bool:
+        """Apply the updates after folded.seq to folded.doc; False when the stream no longer has them
+        (folded.doc may then hold some of them: the caller drops it)."""
+        keys = YjsKeys.of(code)
+        expected = folded.seq + 1
+        while True:
+            result = await self._run(self._range, [keys.ydoc, keys.updates], [expected, "+", READ_CHUNK])
+            last = int(result[1])
+            if last < folded.seq:
+                return False  # a new document (the old one's keys expired and it was started again)
+            for number, update in _rows(result[4:]):
+                if number != expected:
+                    return False
+                folded.doc.apply((update,))
+                expected += 1
+            if expected > last:
+                folded.seq, folded.author = last, (_text(result[2]), _text(result[3]))
+                return True
+            if len(result) == 4:
+                return False  # the updates after `expected` are no longer in the stream: compacted
 
     @redis_unavailable_is_503
     async def updates_after(self, code: str, after: int, upto: int) -> list[tuple[int, bytes]] | None:
@@ -341,7 +380,7 @@ class YjsStore:
 
     async def _chunk(self, keys: YjsKeys, first: int, last: int) -> list[tuple[int, bytes]]:
         result = await self._run(self._range, [keys.ydoc, keys.updates], [first, last, READ_CHUNK])
-        return _rows(result[2:])
+        return _rows(result[4:])
 
     async def _seed_from(self, code: str, content: str) -> None:
         seed = RoomDoc()
@@ -466,13 +505,18 @@ class TextMirror:
     """Keeps the room's text (what whole-document clients see) in step with Yjs edits while a
     whole-document client is connected: a while (`delay`) after a Yjs update, the document is folded and
     its text stored and sent as one editor_update, coalescing every keystroke in between. Any replica may
-    run it; the script keeps only the newest text."""
+    run it; the script keeps only the newest text.
+
+    The fold of each run is kept for the next one (at most MIRRORED_DOCS rooms, each until
+    MIRRORED_IDLE_SECONDS after its last run), which then reads and applies only the updates since: a
+    cache checked against the stream's numbers, not a copy anything else reads."""
 
     def __init__(self, store: YjsStore, *, delay: float) -> None:
         self._store = store
         self._delay = delay
         self._dirty: set[str] = set()
         self._pending: dict[str, asyncio.Task[None]] = {}
+        self._folds: OrderedDict[str, tuple[Folded, float]] = OrderedDict()
 
     def changed(self, code: str) -> None:
         self._dirty.add(code)
@@ -483,7 +527,10 @@ class TextMirror:
         try:
             await asyncio.sleep(self._delay)
             self._dirty.discard(code)
-            await self._store.update_text(code)
+            # Popped while folding: a run that fails leaves no half-applied document behind.
+            cached = self._folds.pop(code, None)
+            folded = await self._store.update_text(code, cached[0] if cached is not None else None)
+            self._keep(code, folded)
         except RelayError as error:
             logger.warning("room %s: text not updated: %s", code, error.message)
         except Exception:
@@ -493,9 +540,19 @@ class TextMirror:
             if code in self._dirty:  # changed while this run folded: one more run covers it
                 self.changed(code)
 
+    def _keep(self, code: str, folded: Folded) -> None:
+        now = time.monotonic()
+        self._folds[code] = (folded, now)
+        while self._folds:
+            oldest, (_, used) = next(iter(self._folds.items()))
+            if len(self._folds) <= MIRRORED_DOCS and now - used < MIRRORED_IDLE_SECONDS:
+                break
+            del self._folds[oldest]
+
     async def aclose(self) -> None:
         tasks = list(self._pending.values())
         self._dirty.clear()
+        self._folds.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

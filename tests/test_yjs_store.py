@@ -142,3 +142,40 @@ def test_appends_during_compaction_are_kept(redis_server: RedisServer) -> None:
         assert loaded.seq == 3000 and loaded.doc.content() == text
 
     _run(redis_server, scenario)
+
+
+def test_the_text_brought_forward_from_an_earlier_fold_matches_a_fresh_fold(
+    redis_server: RedisServer,
+) -> None:
+    """update_text from the mirror's kept fold applies only the updates after it (longer than a chunk
+    too), stores the same text a fresh fold gives, and falls back to a fresh fold when compaction trimmed
+    updates the kept fold lacks."""
+
+    async def scenario(store: YjsStore, rooms: Rooms, client: aioredis.Redis) -> None:
+        room = await rooms.create(ANN)
+        code, keys = room.code, YjsKeys.of(room.code)
+        updates, text = _keystrokes(2600, seed=3)
+        for update in updates[:100]:
+            await store.append(code, ANN, update, "c1")
+        folded = await store.update_text(code)
+        assert folded.seq == 100
+        for update in updates[100:1400]:  # more than one READ_CHUNK after the kept fold
+            await store.append(code, ANN, update, "c1")
+        kept_doc = folded.doc
+        folded = await store.update_text(code, folded)
+        assert folded.doc is kept_doc and folded.seq == 1400 and folded.author == ("ann", "Ann")
+        assert folded.doc.content() == (await store.load(code)).doc.content()
+        assert _text_of(await client.hget(keys.room, "content")) == folded.doc.content()
+
+        for update in updates[1400:]:
+            await store.append(code, ANN, update, "c1")
+        assert await store.compact(code, keep=10) is not None  # trims 1401..2590, which the fold lacks
+        fresh = await store.update_text(code, folded)
+        assert fresh.doc is not kept_doc and fresh.seq == 2600 and fresh.doc.content() == text
+        assert _text_of(await client.hget(keys.room, "content")) == text
+
+    _run(redis_server, scenario)
+
+
+def _text_of(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
