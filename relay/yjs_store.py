@@ -1,4 +1,5 @@
-"""A room's Yjs document in Redis: append updates, read snapshot + tail, compact; no replica keeps a copy.
+"""A room's Yjs document in Redis: append updates, read snapshot + tail, compact; no replica keeps a copy
+(but for the text mirror's cache of its last fold, checked against the stream's numbers).
 
     relay:{CODE}:ydoc      hash    snapshot (a Yjs update), snapshot_seq (the last update it folds),
                                    seq (the last update's number)
