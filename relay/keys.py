@@ -23,6 +23,7 @@ The room store (rooms.py) and the fan-out (hub.py) both need these names; neithe
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ class RoomKeys:
 
     @classmethod
     def of(cls, code: str) -> RoomKeys:
+        return _room_keys(code)
+
+    @classmethod
+    def _build(cls, code: str) -> RoomKeys:
         prefix = f"relay:{{{code}}}"
         return cls(
             room=f"{prefix}:room",
@@ -113,6 +118,10 @@ class RoomKeys:
             self.ydoc,
             self.yupdates,
         ]
+
+
+# Every event needs its room's names: built once per room (a few thousand rooms a replica at most).
+_room_keys = functools.lru_cache(maxsize=4096)(RoomKeys._build)
 
 
 def code_of_channel(channel: bytes | str) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections import deque
@@ -73,8 +74,12 @@ def _encode(value: Any) -> bytes:
     raise redis.exceptions.DataError(f"Invalid input of type: {type(value).__name__!r}")
 
 
-def _bulk(values: list[Any]) -> bytes:
+def _bulk(values: list[Any] | tuple[Any, ...]) -> bytes:
     return b"".join([b"$%d\r\n%s\r\n" % (len(encoded), encoded) for encoded in map(_encode, values)])
+
+
+# A room's scripts all take the same twelve keys: encoded once per room, not once per call.
+_bulk_keys = functools.lru_cache(maxsize=4096)(_bulk)
 
 
 @dataclass(slots=True)
@@ -110,6 +115,20 @@ class _Call:
             self.future.set_result(reply)
 
 
+async def _write(connection: Any, packed: bytes) -> None:
+    """redis-py's send_packed_command without its wait_for (the caller holds the timeout)."""
+    try:
+        connection._writer.writelines((packed,))
+        await connection._writer.drain()
+    except OSError as error:
+        await connection.disconnect(nowait=True)
+        raise redis.exceptions.ConnectionError(f"Error while writing to Redis: {error}") from error
+    except BaseException:
+        # A write cut short leaves part of a command on the socket: the connection cannot be reused.
+        await connection.disconnect(nowait=True)
+        raise
+
+
 def _bulk_command(*parts: Any) -> bytes:
     return b"*%d\r\n%s" % (len(parts), _bulk(list(parts)))
 
@@ -127,6 +146,9 @@ class ScriptPipeline:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._is_closed = False
+        # Held by the writer while it runs (one batch at a time needs one connection; taking it from
+        # the pool per batch cost a lock and a timer each time), released when the writer stops.
+        self._connection: Any = None
 
     async def call(
         self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
@@ -137,7 +159,7 @@ class ScriptPipeline:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="redis-pipeline")
             self._task.add_done_callback(self._writer_stopped)
-        tail = _bulk([*keys, *args])
+        tail = _bulk_keys(tuple(keys)) + _bulk(args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(_Call(script, tail, len(keys), len(keys) + len(args), future, read_only))
         self._wakeup.set()
@@ -179,20 +201,25 @@ class ScriptPipeline:
             call.resolve(error)
 
     async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                batch: list[_Call] = []
-                while self._pending and len(batch) < MAX_BATCH:
-                    call = self._pending.popleft()
-                    if not call.future.done():  # its caller was cancelled before it was sent
-                        batch.append(call)
-                if not batch:
-                    continue
-                self._in_flight = batch
-                await self._send(batch)
-                self._in_flight = []
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._pending:
+                    batch: list[_Call] = []
+                    while self._pending and len(batch) < MAX_BATCH:
+                        call = self._pending.popleft()
+                        if not call.future.done():  # its caller was cancelled before it was sent
+                            batch.append(call)
+                    if not batch:
+                        continue
+                    self._in_flight = batch
+                    await self._send(batch)
+                    self._in_flight = []
+        finally:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                await self._redis.connection_pool.release(connection)
 
     async def _send(self, batch: list[_Call]) -> None:
         reloads = 0
@@ -256,34 +283,35 @@ class ScriptPipeline:
     async def _round_trip(self, packed: bytes, count: int) -> list[Any]:
         """Send `count` packed commands in one write and read their replies (a command's error reply
         is its reply, as with raise_on_error=False); on the connection's retry policy, like redis-py."""
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+        if self._connection is None:
+            self._connection = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = self._connection
 
-            async def exchange() -> list[Any]:
-                await connection.send_packed_command(packed)
-                replies: list[Any] = []
-                timeout = connection.socket_timeout
-                try:
-                    # One timer for the batch's replies instead of one per reply (math.inf: none
-                    # inside redis-py's read). A read cut short disconnects the connection.
-                    async with asyncio.timeout(timeout):
-                        for _ in range(count):
-                            try:
-                                replies.append(await connection.read_response(timeout=math.inf))
-                            except redis.exceptions.ResponseError as error:
-                                replies.append(error)
-                except TimeoutError:
-                    raise redis.exceptions.TimeoutError("Timeout reading from Redis") from None
-                return replies
-
-            async def failed(error: Exception) -> None:
-                await connection.disconnect()
-
-            replies: list[Any] = await connection.retry.call_with_retry(exchange, failed)
+        async def exchange() -> list[Any]:
+            if not connection.is_connected:
+                await connection.connect()
+            replies: list[Any] = []
+            try:
+                # One timer for the write and the batch's replies: redis-py's send_packed_command wraps
+                # each write in wait_for (a task per write), its reads each in a timeout of their own
+                # (math.inf: none). Whatever cuts a write or a read short disconnects the connection.
+                async with asyncio.timeout(connection.socket_timeout):
+                    await _write(connection, packed)
+                    for _ in range(count):
+                        try:
+                            replies.append(await connection.read_response(timeout=math.inf))
+                        except redis.exceptions.ResponseError as error:
+                            replies.append(error)
+            except TimeoutError:
+                await connection.disconnect(nowait=True)
+                raise redis.exceptions.TimeoutError("Timeout talking to Redis") from None
             return replies
-        finally:
-            await pool.release(connection)
+
+        async def failed(error: Exception) -> None:
+            await connection.disconnect()
+
+        replies: list[Any] = await connection.retry.call_with_retry(exchange, failed)
+        return replies
 
     async def _load_scripts(self, scripts: set[AsyncScript]) -> None:
         for script in scripts:
