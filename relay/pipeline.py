@@ -283,12 +283,19 @@ class ScriptPipeline:
     async def _round_trip(self, packed: bytes, count: int) -> list[Any]:
         """Send `count` packed commands in one write and read their replies (a command's error reply
         is its reply, as with raise_on_error=False); on the connection's retry policy, like redis-py."""
+        pool = self._redis.connection_pool
         if self._connection is None:
-            self._connection = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            self._connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         connection = self._connection
 
         async def exchange() -> list[Any]:
+            # What the pool checks when it hands a connection out (no syscall): connected, nothing
+            # unread, not closed by the server meanwhile (a restart, a failover); else reconnect now,
+            # before anything is sent, as a connection taken from the pool per batch would.
             if not connection.is_connected:
+                await connection.connect()
+            elif await connection.can_read():
+                await connection.disconnect()
                 await connection.connect()
             replies: list[Any] = []
             try:

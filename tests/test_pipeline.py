@@ -270,3 +270,27 @@ def test_a_wait_refused_by_a_replica_fails_the_writes_not_the_batch(redis_server
     # The write itself is refused by the replica (READONLY) and keeps that reply; the read succeeds.
     assert isinstance(written, redis.exceptions.ReadOnlyError), written
     assert read_back == 0
+
+
+def test_a_connection_the_server_closed_between_batches_is_replaced_before_the_next(
+    redis_server: RedisServer,
+) -> None:
+    """The writer keeps its connection between batches; one that Redis closed meanwhile (a restart, a
+    failover, CLIENT KILL) is replaced before the next batch is sent, so that call succeeds."""
+
+    async def scenario() -> list[object]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        killer = aioredis.Redis.from_url(redis_server.url)
+        pipeline = ScriptPipeline(client)
+        script = client.register_script("return 'ok'")
+        replies: list[object] = [await pipeline.call(script, [], [])]
+        assert await killer.client_kill_filter(_type="normal", skipme=True) >= 1
+        await asyncio.sleep(0.2)  # the close reaches the writer's idle connection
+        async with asyncio.timeout(10):
+            replies.append(await pipeline.call(script, [], []))
+        await pipeline.aclose()
+        await client.aclose()
+        await killer.aclose()
+        return replies
+
+    assert asyncio.run(scenario()) == [b"ok", b"ok"]
