@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from multiprocessing.queues import Queue
 
 NS = 1_000_000_000
+LAG_SAMPLE_NS = 10_000_000  # the generator's event-loop lag is sampled every 10 ms
 # Realistic editor content (deflate compresses it like real code, unlike a run of one letter).
 FILLER = (
     "def two_sum(nums: list[int], target: int) -> tuple[int, int]:\n"
@@ -72,6 +73,10 @@ class WorkerResult:
     incomplete_at_end: int = 0
     cpu_seconds: float = 0.0
     latencies_ns: array[int] = dataclasses.field(default_factory=lambda: array("q"))
+    # How late this process's event loop ran a timer, sampled every LAG_SAMPLE_NS during the measured
+    # window: a frame that reached the generator's socket waits about this long before its receive time
+    # is taken, so a latency figure with a large generator lag is partly the generator's own.
+    loop_lag_ns: array[int] = dataclasses.field(default_factory=lambda: array("q"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -298,6 +303,17 @@ class Worker:
         except ConnectionClosed:
             client.closed_early = True
 
+    async def sample_lag(self) -> None:
+        """Record how late a timer runs, every LAG_SAMPLE_NS of the measured window."""
+        lags = self.result.loop_lag_ns
+        due = time.time_ns() + LAG_SAMPLE_NS
+        while due < self.measure_end:
+            await asyncio.sleep(max(0, due - time.time_ns()) / NS)
+            now = time.time_ns()
+            if due >= self.measure_start:
+                lags.append(now - due)
+            due = max(due + LAG_SAMPLE_NS, now + LAG_SAMPLE_NS // 2)
+
     async def cpu_at(self, at_ns: int) -> float:
         await asyncio.sleep(max(0.0, (at_ns - time.time_ns()) / NS))
         return time.process_time()
@@ -315,6 +331,7 @@ class Worker:
         self.measure_start, self.measure_end = measure_start, measure_end
         cpu = [asyncio.create_task(self.cpu_at(at)) for at in (measure_start, measure_end)]
         reporter = asyncio.create_task(self.progress())
+        lag = asyncio.create_task(self.sample_lag())
         rng = random.Random(self.load.seed * 1000 + self.plan.index)  # noqa: S311 (timing jitter, not secrets)
         await asyncio.gather(
             *(self.send(c, start_ns, measure_end, random.Random(rng.random())) for c in self.clients)  # noqa: S311
@@ -326,6 +343,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.all_delivered.wait(), self.load.drain)
         reporter.cancel()
+        await lag
         cpu_start, cpu_end = await asyncio.gather(*cpu)
         self.result.cpu_seconds = cpu_end - cpu_start
         self.tally(expected)

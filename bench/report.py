@@ -50,6 +50,7 @@ def percentile(sorted_values: Sequence[int], fraction: float) -> float:
 
 def summarize(load: Workload, results: list[WorkerResult]) -> dict[str, Any]:
     latencies: list[int] = sorted(itertools.chain.from_iterable(r.latencies_ns for r in results))
+    lags: list[int] = sorted(itertools.chain.from_iterable(r.loop_lag_ns for r in results))
     total = {
         name: sum(getattr(r, name) for r in results)
         for name in (
@@ -89,6 +90,13 @@ def summarize(load: Workload, results: list[WorkerResult]) -> dict[str, Any]:
             "mean": (sum(latencies) / len(latencies) / ms) if latencies else math.nan,
         },
         "generator_cpu_percent": [round(r.cpu_seconds / load.duration * 100, 1) for r in results],
+        # The generator's own event-loop lag (all its processes' samples): the part of a latency that is
+        # the generator reading late, not the server delivering late.
+        "generator_lag_ms": {
+            "p50": percentile(lags, 0.50) / ms,
+            "p99": percentile(lags, 0.99) / ms,
+            "max": (lags[-1] / ms) if lags else math.nan,
+        },
         "first_error_frame": first_error or None,
         "connect_error": connect_error or None,
     }
@@ -119,6 +127,9 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("server_kb_per_connection", "server KB/connection", "{:.1f}"),
     ("server_idle_cpu_percent", "server idle CPU %", "{:.1f}"),
     ("generator_cpu_percent", "generator CPU % (per process)", "{}"),
+    ("generator_lag_ms.p50", "generator loop lag p50 ms", "{:.2f}"),
+    ("generator_lag_ms.p99", "generator loop lag p99 ms", "{:.2f}"),
+    ("generator_lag_ms.max", "generator loop lag max ms", "{:.2f}"),
     ("redis_cpu_percent", "redis CPU %", "{:.0f}"),
     ("machine_cpu_percent", "machine CPU % (all processes)", "{:.0f}"),
     ("other_cpu_percent", "  of which other processes", "{:.0f}"),
