@@ -70,6 +70,8 @@ class WorkerResult:
     # that sheds load explicitly must keep at 0.
     lost_unrefused_edits: int = 0
     first_error_frame: str = ""
+    # The close code and reason of the first socket closed before the end (e.g. 1013 and its retry hint).
+    first_early_close: str = ""
     incomplete_at_end: int = 0
     cpu_seconds: float = 0.0
     latencies_ns: array[int] = dataclasses.field(default_factory=lambda: array("q"))
@@ -204,6 +206,9 @@ class Worker:
             pass
         if not self.stopping:
             client.closed_early = True
+            close = client.ws.protocol.close_rcvd
+            if not self.result.first_early_close:
+                self.result.first_early_close = f"{close.code} {close.reason}" if close else "no close frame"
 
     def on_frame(self, client: Client, frame: str | bytes, now_ns: int) -> None:
         self.received += 1

@@ -75,6 +75,7 @@ def summarize(load: Workload, results: list[WorkerResult]) -> dict[str, Any]:
     }
     target_sends = total["connections"] * load.rate * load.duration
     first_error = next((r.first_error_frame for r in results if r.first_error_frame), "")
+    first_close = next((r.first_early_close for r in results if r.first_early_close), "")
     connect_error = next((r.connect_error for r in results if r.connect_error), "")
     ms = 1e6
     return {
@@ -98,6 +99,7 @@ def summarize(load: Workload, results: list[WorkerResult]) -> dict[str, Any]:
             "max": (lags[-1] / ms) if lags else math.nan,
         },
         "first_error_frame": first_error or None,
+        "first_early_close": first_close or None,
         "connect_error": connect_error or None,
     }
 
@@ -203,7 +205,7 @@ def render_table(report: dict[str, Any]) -> str:
             )
         )
     for r in runs:
-        for key in ("first_error_frame", "connect_error"):
+        for key in ("first_error_frame", "first_early_close", "connect_error"):
             if r.get(key):
                 text.append(f"{r['target']}: {key.replace('_', ' ')}: {r[key]}")
     return "\n".join(text)
