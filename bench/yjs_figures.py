@@ -5,7 +5,8 @@
 1. Per keystroke in a 4 KB document: bytes through Redis and relay CPU, Yjs path vs whole-document path,
    on one replica (typing as fast as relay takes it) and across two replicas (`--two-replicas`: a typist
    on one, a reader on the other, 20 keystrokes a second each waiting for its ack, idle CPU and Redis
-   traffic subtracted; `--profile DIR` records each replica with py-spy meanwhile).
+   traffic subtracted; also a Yjs typist with a whole-document reader, the text mirror's case;
+   `--profile DIR` records each replica with py-spy meanwhile).
 2. The time a joiner waits for its sync step 2 with 1k / 10k / 100k updates of history, before and after
    compaction, and how long that compaction took.
 3. Keystrokes lost when two people type at random places at 5 keys/s each with 50 ms one-way delay:
