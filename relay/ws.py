@@ -65,8 +65,10 @@ from relay.services import Services
 from relay.session import (
     CatchUp,
     Connection,
+    Decision,
     DurableEvent,
     EarlyAck,
+    QueueItem,
     Resync,
     Send,
     VolatileFrame,
@@ -538,7 +540,12 @@ class _FloodWatch:
 
 
 async def _write(websocket: WebSocket, services: Services, connection: Connection) -> None:
+    item: QueueItem | None
+    decision: Decision | None
     while True:
+        # Drop the last frame sent before waiting: an idle socket must not pin it (a presence notice,
+        # a document) for the rest of its life.
+        item = decision = None
         item = await connection.queue.get()
         decision = decide(item, last_seq=connection.last_seq, connection_id=connection.id)
         if isinstance(decision, CatchUp):

@@ -43,7 +43,7 @@ from relay.errors import (
 from relay.limits import TokenBucket
 from relay.protocol import KIND_AWARENESS, KIND_AWARENESS_QUERY, KIND_CONNECTION_GONE, KIND_YJS_UPDATE
 from relay.services import Services
-from relay.session import Connection, DurableEvent, Resync, VolatileFrame, YjsFrame
+from relay.session import Connection, DurableEvent, QueueItem, Resync, VolatileFrame, YjsFrame
 from relay.yjs_doc import RoomDoc, is_empty_update, validate_update
 from relay.yjs_protocol import (
     AwarenessMessage,
@@ -226,7 +226,9 @@ async def _read(websocket: WebSocket, services: Services, connection: YjsConnect
 
 
 async def _write(websocket: WebSocket, services: Services, connection: YjsConnection) -> None:
+    item: QueueItem | None
     while True:
+        item = None  # an idle socket must not pin the last item it sent
         item = await connection.queue.get()
         if isinstance(item, YjsFrame):
             await _send_yjs(websocket, services, connection, item)
