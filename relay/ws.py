@@ -6,9 +6,9 @@ can read (they cannot read the HTTP status of a failed upgrade). The token comes
 `Authorization: Bearer` (non-browser clients) or the `token` query parameter (browsers, which cannot
 set headers on a WebSocket); relay's log configuration strips it from every log line.
 
-After the handshake the reader parses client frames and writes through the store; only the writer
-sends, draining the connection's bounded queue in order. What to send, skip or fetch from history is
-session.py's rule (`decide`); this module does the I/O.
+After the handshake the reader (in the endpoint's own task) parses client frames and writes through the
+store; only the writer (a task of its own) sends, draining the connection's bounded queue in order.
+What to send, skip or fetch from history is session.py's rule (`decide`); this module does the I/O.
 """
 
 from __future__ import annotations
