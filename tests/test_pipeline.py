@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -294,3 +295,63 @@ def test_a_connection_the_server_closed_between_batches_is_replaced_before_the_n
         return replies
 
     assert asyncio.run(scenario()) == [b"ok", b"ok"]
+
+
+def test_a_writer_stopped_mid_batch_hands_no_unread_reply_to_the_pools_next_user(
+    redis_server: RedisServer,
+) -> None:
+    """The writer keeps one pooled connection; stopped while its batch's replies are still coming, that
+    connection must not go back to the pool as it is, or the next command would read the batch's reply."""
+
+    async def scenario() -> object:
+        client = aioredis.Redis.from_url(redis_server.url, max_connections=1)
+        pipeline = ScriptPipeline(client)
+        script = client.register_script(
+            "local t = redis.call('TIME'); local start = t[1] * 1e6 + t[2]; "
+            "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - start > 200000; return 7"
+        )
+        await client.script_load(script.script)  # so the writer needs no second connection to load it
+        caller = asyncio.create_task(pipeline.call(script, [], []))
+        await asyncio.sleep(0.05)  # the batch is sent; its reply comes in 150 ms
+        await pipeline.aclose()
+        with contextlib.suppress(PipelineFailed):
+            await caller
+        try:
+            async with asyncio.timeout(10):
+                return await client.execute_command("ECHO", "mine")  # the same (only) connection
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == b"mine"
+
+
+def test_a_writer_stopped_mid_write_hands_no_half_command_to_the_pools_next_user() -> None:
+    """Stopped while Redis is not taking its batch (here: SIGSTOPped), the writer's connection holds half a
+    command; handed back to the pool as it is, the next user's command would become the rest of it."""
+    server = RedisServer().start()
+    try:
+
+        async def scenario() -> object:
+            client = aioredis.Redis.from_url(server.url, max_connections=1)
+            pipeline = ScriptPipeline(client)
+            script = client.register_script("return 1")
+            await client.script_load(script.script)
+            server.send_signal(signal.SIGSTOP)
+            try:
+                # Far more than the socket buffers hold: the write waits for Redis to read.
+                caller = asyncio.create_task(pipeline.call(script, [], ["x" * (32 << 20)]))
+                await asyncio.sleep(0.3)
+                await pipeline.aclose()
+                with contextlib.suppress(PipelineFailed):
+                    await caller
+            finally:
+                server.send_signal(signal.SIGCONT)
+            try:
+                async with asyncio.timeout(10):
+                    return await client.execute_command("ECHO", "mine")  # the same (only) connection
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(scenario()) == b"mine"
+    finally:
+        server.cleanup()
