@@ -318,7 +318,7 @@ def test_a_writer_stopped_mid_batch_hands_no_unread_reply_to_the_pools_next_user
             await caller
         try:
             async with asyncio.timeout(10):
-                return await client.execute_command("ECHO", "mine")  # the same (only) connection
+                return await client.echo("mine")  # on the same (only) connection
         finally:
             await client.aclose()
 
@@ -348,7 +348,7 @@ def test_a_writer_stopped_mid_write_hands_no_half_command_to_the_pools_next_user
                 server.send_signal(signal.SIGCONT)
             try:
                 async with asyncio.timeout(10):
-                    return await client.execute_command("ECHO", "mine")  # the same (only) connection
+                    return await client.echo("mine")  # on the same (only) connection
             finally:
                 await client.aclose()
 
