@@ -44,6 +44,13 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
+def url_scheme(url: str) -> str:
+    """A URL's scheme, lower-cased, without parsing the rest (a multi-host Redis URL may not survive
+    urlsplit: see MultiNodeURL.parse)."""
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep else ""
+
+
 @dataclass(frozen=True, slots=True)
 class MultiNodeURL:
     """A Redis URL naming several nodes, which relay asks where the primaries are:
@@ -76,13 +83,17 @@ class MultiNodeURL:
     @classmethod
     def parse(cls, url: str) -> MultiNodeURL:
         """Raises ValueError naming what is wrong (never echoing the password)."""
-        parts = urlsplit(url)
-        if parts.scheme not in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
+        # Split by hand, not with urlsplit: Pythons that check bracketed hosts (gh-103848; e.g. Debian's
+        # 3.11.2) refuse a netloc that lists several hosts when one is a bracketed IPv6 address.
+        scheme, rest = url_scheme(url), url.partition("://")[2]
+        if scheme not in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
             raise ValueError(
                 "expected redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://, "
-                f"got {parts.scheme!r}"
+                f"got {scheme!r}"
             )
-        credentials, _, hosts = parts.netloc.rpartition("@")
+        netloc_end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+        netloc, path_text = rest[:netloc_end], rest[netloc_end:].partition("?")[0].partition("#")[0]
+        credentials, _, hosts = netloc.rpartition("@")
         username, _, password = credentials.partition(":")
         nodes = []
         for item in hosts.split(","):
@@ -90,9 +101,9 @@ class MultiNodeURL:
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"each node must be host:port, got {item.strip()!r}")
             nodes.append(f"{host.strip('[]')}:{int(port)}")
-        path = [part for part in parts.path.split("/") if part]
+        path = [part for part in path_text.split("/") if part]
         service, db = "", 0
-        if parts.scheme in CLUSTER_SCHEMES:
+        if scheme in CLUSTER_SCHEMES:
             if path not in ([], ["0"]):
                 raise ValueError("Redis Cluster has only database 0; drop the path from the URL")
         else:
@@ -100,7 +111,7 @@ class MultiNodeURL:
                 raise ValueError("a Sentinel URL ends with /<service name>[/<db>], e.g. /mymaster/0")
             service, db = unquote(path[0]), int(path[1]) if len(path) == 2 else 0
         return cls(
-            scheme=parts.scheme,
+            scheme=scheme,
             nodes=tuple(nodes),
             username=unquote(username) or None,
             password=unquote(password) or None,
@@ -224,12 +235,12 @@ class Settings:
     @property
     def redis_cluster(self) -> bool:
         """True for a redis+cluster:// (or rediss+cluster://) REDIS_URL: Redis Cluster mode."""
-        return self.redis_url is not None and urlsplit(self.redis_url).scheme in CLUSTER_SCHEMES
+        return self.redis_url is not None and url_scheme(self.redis_url) in CLUSTER_SCHEMES
 
     @property
     def redis_sentinel(self) -> bool:
         """True for a redis+sentinel:// (or rediss+sentinel://) REDIS_URL: the primary found by Sentinel."""
-        return self.redis_url is not None and urlsplit(self.redis_url).scheme in SENTINEL_SCHEMES
+        return self.redis_url is not None and url_scheme(self.redis_url) in SENTINEL_SCHEMES
 
     @property
     def jwks_url(self) -> str | None:
@@ -491,7 +502,7 @@ class _Reader:
         value = self.text(name)
         if value is None:
             return None
-        scheme = urlsplit(value).scheme
+        scheme = url_scheme(value)
         if scheme in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
             try:
                 MultiNodeURL.parse(value)
