@@ -444,7 +444,7 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                     connection.identity,
                     frame,
                     connection.id,
-                    connection.bases.base_for(frame.content),
+                    connection.bases.frozen(),
                 )
                 admission.observe_round_trip(time.monotonic() - started)
             except Unavailable as error:

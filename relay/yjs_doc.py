@@ -235,6 +235,30 @@ class TextBases:
             del self._items[0]
 
     def base_for(self, new: str) -> str | None:
+        return self.frozen().base_for(new)
+
+    def frozen(self) -> FrozenBases:
+        """The candidates as they are now, for an edit whose base is picked later, if at all."""
+        return FrozenBases(tuple(self._items))
+
+
+class FrozenBases:
+    """TextBases' candidates at the moment a client's edit arrived.
+
+    Picking the base parses the frames and compares each with the new text (tens of µs per edit at a
+    few hundred bytes); only a merge needs it, and a room without a Yjs document never merges. So the
+    edit carries this snapshot (a tuple of references) and the store picks the base only when it
+    merges. A snapshot, not the live TextBases: frames the writer sends while the edit is in flight came
+    after the client typed it, so they must not become candidates.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: tuple[tuple[bool, str | _Frame], ...]) -> None:
+        self._items = items
+
+    def base_for(self, new: str) -> str | None:
+        """The candidate closest to `new` (None if there is none)."""
         best: str | None = None
         best_distance = -1
         for _, item in reversed(self._items):  # newest first: it wins a tie

@@ -40,7 +40,7 @@ from relay.keys import RoomKeys
 from relay.protocol import NO_ORIGIN, EditorUpdate, Envelope, now_ms, yjs_update_parts
 from relay.redis_errors import redis_unavailable_is_503
 from relay.rooms import NO_DOCUMENT, Accepted, Rooms, Snapshot, TextChange, TextConflict, raise_for_outcome
-from relay.yjs_doc import RoomDoc, TextEdit, apply_edits, rebase_edit
+from relay.yjs_doc import FrozenBases, RoomDoc, TextEdit, apply_edits, rebase_edit
 
 logger = logging.getLogger("relay.yjs")
 
@@ -233,19 +233,21 @@ class YjsStore:
 
     @redis_unavailable_is_503
     async def edit_text(
-        self, code: str, identity: Identity, edit: EditorUpdate, origin: str, base: str | None
+        self, code: str, identity: Identity, edit: EditorUpdate, origin: str, bases: FrozenBases
     ) -> TextEdited:
         """A whole-document client's edit, as an edit of the shared text that keeps others' typing.
 
-        The change base -> edit.content is rebased onto the current document (yjs_doc.rebase_edit),
-        stored as a Yjs update and as an editor_update carrying the merged text, in one step that
-        holds only if nobody changed the document meanwhile (else it merges again).
+        The change base -> edit.content (the base picked from `bases`) is rebased onto the current
+        document (yjs_doc.rebase_edit), stored as a Yjs update and as an editor_update carrying the
+        merged text, in one step that holds only if nobody changed the document meanwhile (else it
+        merges again).
 
         Merging happens in rooms where a Yjs client edits, or in every room with
         RELAY_WHOLE_DOCUMENT_MERGE=always. Otherwise, and without a known base, the client's text
         replaces the document verbatim (last writer wins, what every edit did before Yjs). A room no
         Yjs client has joined has no Yjs document at all: its edits cost what they did before Yjs, and
-        the first Yjs client starts the document from the room's text.
+        the first Yjs client starts the document from the room's text. The base is picked only when
+        the edit merges (picking it parses and compares the candidates; see yjs_doc.FrozenBases).
         """
         has_document = self._settings.whole_document_merge == "always" or code in self._with_document
         for _ in range(EDIT_ATTEMPTS):
@@ -260,7 +262,8 @@ class YjsStore:
             loaded = await self.load(code)
             current = loaded.doc.content()
             merges = loaded.has_yjs_edits or self._settings.whole_document_merge == "always"
-            edits = rebase_edit(base if base is not None and merges else current, edit.content, current)
+            base = bases.base_for(edit.content) if merges else None
+            edits = rebase_edit(base if base is not None else current, edit.content, current)
             merged = apply_edits(current, edits)
             update = loaded.doc.apply_text_edits(edits, current) if edits else b""
             kept = merged == edit.content

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from relay.yjs_doc import (
     EMPTY_UPDATE,
+    FrozenBases,
     RoomDoc,
     TextBases,
     TextEdit,
@@ -170,3 +171,17 @@ def test_text_bases_pick_the_version_the_client_typed_on() -> None:
     bases.saw_text("")
     bases.saw_text("before")
     assert bases.base_for("during 2") == "before"
+
+
+def test_frozen_bases_keep_the_candidates_of_the_moment_the_edit_arrived() -> None:
+    """The store picks an edit's base after awaiting Redis, if at all: frames sent to the client while
+    the edit was in flight, and its own later edits, must not become that edit's candidates."""
+    bases = TextBases()
+    bases.saw_text("hello world")
+    frozen = bases.frozen()
+    assert isinstance(frozen, FrozenBases)
+    bases.saw_frame(json.dumps({"type": "editor_update", "seq": 3, "content": "hello world!!"}))
+    bases.saw_text("hello world!")
+    assert frozen.base_for("hello world!") == "hello world"
+    assert bases.base_for("hello world!") == "hello world!"
+    assert TextBases().frozen().base_for("x") is None

@@ -394,6 +394,35 @@ def test_a_room_without_yjs_clients_has_no_yjs_document_until_one_comes(
         writer.close()
 
 
+def test_a_whole_document_edit_made_before_the_yjs_document_existed_is_merged_after_it_does(
+    pair: list[Replica], clients: list[YjsClient]
+) -> None:
+    """A whole-document client edits a room no Yjs client has joined (no Yjs document, nothing merged);
+    then a Yjs client joins and types, and the whole-document client's next edit, typed on its own last
+    text before it saw that typing, is merged onto the document: both survive. Its base is its own edit
+    from before the document existed, so relay must keep it even while no document is kept."""
+    code, tokens = _room(pair[0], "ann", "bob")
+    bob = Client(pair[1].ws, code, tokens["bob"])
+    try:
+        bob.recv_type("room_state")
+        bob.send({"type": "editor_update", "content": "line A\nline C\n", "client_msg_id": "a"})
+        assert bob.recv_type("ack")["seq"] == 1
+        ann = YjsClient(pair[0].ws, code, tokens["ann"], name="ann").connect()
+        clients.append(ann)
+        assert ann.content() == "line A\nline C\n"
+        ann.insert(len("line A"), "a")
+        ann.wait_until_acked()
+        # Typed on its own last text, without the Yjs typing it has not read yet.
+        bob.send({"type": "editor_update", "content": "line A\nline Cc\n", "client_msg_id": "b"})
+        ann.wait_for_text(lambda text: text == "line Aa\nline Cc\n")
+        frame = bob.recv_until(
+            lambda f: f.get("type") == "editor_update" and f.get("client_msg_id") == "b", timeout=10
+        )
+        assert frame["content"] == "line Aa\nline Cc\n"
+    finally:
+        bob.close()
+
+
 def test_a_whole_document_client_joining_a_yjs_only_room_gets_the_text_then_follows_it(
     pair: list[Replica], clients: list[YjsClient], redis_server: RedisServer
 ) -> None:
