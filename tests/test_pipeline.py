@@ -297,6 +297,15 @@ def test_a_connection_the_server_closed_between_batches_is_replaced_before_the_n
     assert asyncio.run(scenario()) == [b"ok", b"ok"]
 
 
+async def _next_users_reply(client: aioredis.Redis) -> object:
+    """What the pool's next user gets from an ECHO on the client's only connection (then closes it)."""
+    try:
+        async with asyncio.timeout(10):
+            return await client.echo("mine")
+    finally:
+        await client.aclose()
+
+
 def test_a_writer_stopped_mid_batch_hands_no_unread_reply_to_the_pools_next_user(
     redis_server: RedisServer,
 ) -> None:
@@ -316,18 +325,14 @@ def test_a_writer_stopped_mid_batch_hands_no_unread_reply_to_the_pools_next_user
         await pipeline.aclose()
         with contextlib.suppress(PipelineFailed):
             await caller
-        try:
-            async with asyncio.timeout(10):
-                return await client.echo("mine")  # on the same (only) connection
-        finally:
-            await client.aclose()
+        return await _next_users_reply(client)
 
     assert asyncio.run(scenario()) == b"mine"
 
 
 def test_a_writer_stopped_mid_write_hands_no_half_command_to_the_pools_next_user() -> None:
-    """Stopped while Redis is not taking its batch (here: SIGSTOPped), the writer's connection holds half a
-    command; handed back to the pool as it is, the next user's command would become the rest of it."""
+    """Stopped while Redis is not taking its batch (here: SIGSTOPped), the writer's connection still has the
+    batch to send and its reply to come; handed back to the pool as it is, the next user reads that reply."""
     server = RedisServer().start()
     try:
 
@@ -346,11 +351,7 @@ def test_a_writer_stopped_mid_write_hands_no_half_command_to_the_pools_next_user
                     await caller
             finally:
                 server.send_signal(signal.SIGCONT)
-            try:
-                async with asyncio.timeout(10):
-                    return await client.echo("mine")  # on the same (only) connection
-            finally:
-                await client.aclose()
+            return await _next_users_reply(client)
 
         assert asyncio.run(scenario()) == b"mine"
     finally:
