@@ -32,6 +32,7 @@ import functools
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,26 +57,10 @@ class NotReplicated(redis.exceptions.ConnectionError):
     answered from the acks, without applying the edit twice."""
 
 
-def _encode(value: Any) -> bytes:
-    """One argument as Redis receives it; the same rules as redis-py's Encoder (bools and other types
-    are refused: a caller's mistake fails that call only, never its batch)."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bool):
-        raise redis.exceptions.DataError(f"Invalid input of type: 'bool'. Convert {value!r} to bytes first.")
-    if isinstance(value, int):
-        return b"%d" % value
-    if isinstance(value, float):
-        return repr(value).encode()
-    if isinstance(value, memoryview):
-        return value.tobytes()
-    raise redis.exceptions.DataError(f"Invalid input of type: {type(value).__name__!r}")
-
-
-def _bulk(values: list[Any] | tuple[Any, ...]) -> bytes:
-    return b"".join([b"$%d\r\n%s\r\n" % (len(encoded), encoded) for encoded in map(_encode, values)])
+def _bulk(values: list[Any] | tuple[Any, ...], encode: Callable[[Any], bytes]) -> bytes:
+    """RESP bulk strings of `values`, each made bytes by `encode`: the client's own redis-py Encoder (its
+    encoding; bools and unknown types refused, which fails that call only, never its batch)."""
+    return b"".join([b"$%d\r\n%s\r\n" % (len(encoded), encoded) for encoded in map(encode, values)])
 
 
 # A room's scripts all take the same twelve keys: encoded once per room, not once per call.
@@ -129,8 +114,8 @@ async def _write(connection: Any, packed: bytes) -> None:
         raise
 
 
-def _bulk_command(*parts: Any) -> bytes:
-    return b"*%d\r\n%s" % (len(parts), _bulk(list(parts)))
+def _bulk_command(encode: Callable[[Any], bytes], *parts: Any) -> bytes:
+    return b"*%d\r\n%s" % (len(parts), _bulk(parts, encode))
 
 
 class ScriptPipeline:
@@ -140,6 +125,7 @@ class ScriptPipeline:
         """wait_replicas > 0: every batch ends with `WAIT wait_replicas wait_timeout_ms` (one WAIT covers
         the whole batch's writes), and no call of a batch that fewer replicas confirmed succeeds."""
         self._redis = redis_client
+        self._encode = redis_client.connection_pool.get_encoder().encode  # type: ignore[no-untyped-call]
         self._wait = (wait_replicas, wait_timeout_ms)
         self._pending: deque[_Call] = deque()
         self._in_flight: list[_Call] = []
@@ -159,7 +145,7 @@ class ScriptPipeline:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="redis-pipeline")
             self._task.add_done_callback(self._writer_stopped)
-        tail = _bulk_keys(tuple(keys)) + _bulk(args)
+        tail = _bulk_keys(tuple(keys), self._encode) + _bulk(args, self._encode)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(_Call(script, tail, len(keys), len(keys) + len(args), future, read_only))
         self._wakeup.set()
@@ -260,7 +246,7 @@ class ScriptPipeline:
             replicas = 0
         packed = [call.packed() for call in batch]
         if replicas:
-            packed.append(_bulk_command("WAIT", replicas, timeout_ms))
+            packed.append(_bulk_command(self._encode, "WAIT", replicas, timeout_ms))
         replies = await self._round_trip(b"".join(packed), len(packed))
         if replicas:
             confirmed = replies.pop()
