@@ -139,8 +139,9 @@ def create_app(settings: Settings) -> Starlette:
             shed_sockets_at=settings.shed_sockets_ms / 1000,
             shed_frames_at=settings.shed_frames_ms / 1000,
             retry_after=settings.shed_retry_after,
+            store_wait=rooms.scripts.take_longest_wait,
         )
-        hub = Hub(bus, admission)
+        hub = Hub(bus)
         yjs = YjsStore(redis_client, rooms, settings, sharded_publish=settings.redis_cluster)
         services = Services(
             settings=settings,

@@ -292,6 +292,10 @@ class ShardedScripts:
             pipeline = self._pipelines[address] = ScriptPipeline(self._topology.client(address), **self._wait)
         return pipeline
 
+    def take_longest_wait(self) -> float:
+        """The longest queue wait of any primary's pipeline (ScriptPipeline.take_longest_wait)."""
+        return max((pipeline.take_longest_wait() for pipeline in self._pipelines.values()), default=0.0)
+
     async def call(
         self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
     ) -> Any:

@@ -221,10 +221,11 @@ class Settings:
     max_document_bytes: int = 200 * 1024
     shutdown_grace: float = 20.0
 
-    # Admission control (admission.py): refuse new sockets / shed frames while this replica's measured
-    # queueing (event-loop lag, store round trip) is at least this many milliseconds.
+    # Admission control (admission.py): frames are shed in the proportion that holds this replica's
+    # measured queueing (event-loop lag, the Redis script queue's head wait) near shed_frames_ms; new
+    # sockets are refused while it is at least shed_sockets_ms.
     shed_sockets_ms: float = 100.0
-    shed_frames_ms: float = 200.0
+    shed_frames_ms: float = 50.0
     shed_retry_after: float = 2.0
 
     @property

@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from relay import metrics
-from relay.admission import Admission
 from relay.bus import Disconnected, Message, PubSubBus, Reconnected
 from relay.keys import RoomKeys, code_of_channel
 from relay.protocol import Envelope, now_ms, redis_status_frame
@@ -63,9 +62,8 @@ class RoomLocks:
 
 
 class Hub:
-    def __init__(self, bus: PubSubBus, admission: Admission | None = None) -> None:
+    def __init__(self, bus: PubSubBus) -> None:
         self._bus = bus
-        self._admission = admission
         self._rooms: defaultdict[str, set[Connection]] = defaultdict(set)
         self._subscription_locks = RoomLocks()
 
@@ -152,9 +150,6 @@ class Hub:
         for_yjs = isinstance(item, YjsFrame)
         sent = 0
         for connection in tuple(connections):
-            if connection.id == envelope.origin and age is not None and self._admission is not None:
-                # Stamped by this replica, so on this clock: how long pub/sub took to bring it back.
-                self._admission.observe_round_trip(age)
             if connection.speaks_yjs != for_yjs and not (closes and connection.speaks_yjs):
                 continue
             # The sender's own socket gets an ack for a durable event (its writer's choice), nothing for

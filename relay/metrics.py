@@ -69,7 +69,13 @@ SHED = Counter(
 )
 QUEUEING = Gauge(
     "relay_queueing_seconds",
-    "How long work waits on this replica: the larger of event-loop lag and store round trip (averaged)",
+    "How long work waited on this replica over the last 50 ms: the larger of the event-loop lag and the "
+    "longest wait in the Redis script queue",
+    multiprocess_mode="max",
+)
+SHED_PROPORTION = Gauge(
+    "relay_shed_proportion",
+    "The proportion of frames this replica's admission control currently refuses (0 to 1)",
     multiprocess_mode="max",
 )
 

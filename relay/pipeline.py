@@ -31,6 +31,7 @@ import contextlib
 import functools
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class _Call:
     numkeys: int
     numargs: int
     future: asyncio.Future[Any]
+    queued_at: float  # time.monotonic() when queued: how long the queue held it (admission control)
     read_only: bool = False  # needs no WAIT: a read is valid whether or not a replica has caught up
 
     def packed(self) -> bytes:
@@ -135,6 +137,17 @@ class ScriptPipeline:
         # Held by the writer while it runs (one batch at a time needs one connection; taking it from
         # the pool per batch cost a lock and a timer each time), released when the writer stops.
         self._connection: Any = None
+        self._longest_wait = 0.0  # see take_longest_wait
+
+    def take_longest_wait(self) -> float:
+        """The longest time a call waited in this queue for its batch to leave, since the previous take
+        (seconds; 0 if nothing waited): the sojourn of the queue's head, as CoDel measures a standing
+        queue. A head still waiting counts with its wait so far, so a writer stuck on a batch that Redis
+        does not answer shows its queue growing. Admission control reads it once per interval."""
+        longest, self._longest_wait = self._longest_wait, 0.0
+        if self._pending:
+            longest = max(longest, time.monotonic() - self._pending[0].queued_at)
+        return longest
 
     async def call(
         self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
@@ -147,7 +160,9 @@ class ScriptPipeline:
             self._task.add_done_callback(self._writer_stopped)
         tail = _bulk_keys(tuple(keys), self._encode) + _bulk(args, self._encode)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Call(script, tail, len(keys), len(keys) + len(args), future, read_only))
+        self._pending.append(
+            _Call(script, tail, len(keys), len(keys) + len(args), future, time.monotonic(), read_only)
+        )
         self._wakeup.set()
         return await future
 
@@ -199,6 +214,8 @@ class ScriptPipeline:
                             batch.append(call)
                     if not batch:
                         continue
+                    # Calls leave in order: the batch's first call is the one that waited longest.
+                    self._longest_wait = max(self._longest_wait, time.monotonic() - batch[0].queued_at)
                     self._in_flight = batch
                     await self._send(batch)
                     self._in_flight = []

@@ -437,7 +437,6 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                 # Nothing was stored: the client resends it (with the same client_msg_id) later.
                 connection.offer(_shed_notice(admission.frame_retry_after(), frame.client_msg_id))
                 continue
-            started = time.monotonic()
             try:
                 edited = await services.yjs.edit_text(
                     connection.room_code,
@@ -446,7 +445,6 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                     connection.id,
                     connection.bases.frozen(),
                 )
-                admission.observe_round_trip(time.monotonic() - started)
             except Unavailable as error:
                 connection.offer(_error(error.code, error.message, frame.client_msg_id))
                 continue
@@ -471,10 +469,8 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                 last_shed_notice = time.monotonic()
                 connection.offer(_shed_notice(admission.frame_retry_after()))
         elif isinstance(frame, CursorUpdate):
-            started = time.monotonic()
             try:
                 await rooms.publish_cursor(connection.room_code, connection.identity, frame, connection.id)
-                admission.observe_round_trip(time.monotonic() - started)
             except Unavailable as error:
                 connection.offer(_error(error.code, error.message))
         elif isinstance(frame, Ping):
