@@ -297,15 +297,25 @@ class ShardedScripts:
         return max((pipeline.take_longest_wait() for pipeline in self._pipelines.values()), default=0.0)
 
     async def call(
-        self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
+        self,
+        script: AsyncScript,
+        keys: list[str],
+        args: list[Any],
+        *,
+        read_only: bool = False,
+        first_attempt: asyncio.Future[Any] | None = None,
     ) -> Any:
+        """Run `script` on its keys' primary, following redirects; `first_attempt`: already queued
+        there by `submit`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REDIRECT_DEADLINE
         pause = 0.02
         while True:
             address = self._topology.address_of(keys[0])
+            attempt = first_attempt or self._pipeline(address).submit(script, keys, args, read_only=read_only)
+            first_attempt = None
             try:
-                return await self._pipeline(address).call(script, keys, args, read_only=read_only)
+                return await attempt
             except redis.exceptions.MovedError as moved:
                 retry: BaseException = Unavailable("the room's slot keeps moving; retry shortly")
                 # Authoritative for this slot, even while a node that restarted with an old view of the
@@ -332,6 +342,18 @@ class ShardedScripts:
                 raise redis.exceptions.ConnectionError(f"Redis Cluster did not settle: {retry}") from retry
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+    def submit(
+        self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
+    ) -> asyncio.Future[Any]:
+        """ScriptPipeline.submit through the cluster: the first attempt is queued now on the keys'
+        primary (so calls keep the order they were made in); redirects are followed by a task."""
+        first_attempt = self._pipeline(self._topology.address_of(keys[0])).submit(
+            script, keys, args, read_only=read_only
+        )
+        return asyncio.ensure_future(
+            self.call(script, keys, args, read_only=read_only, first_attempt=first_attempt)
+        )
 
     async def _asking(self, address: str, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         # EVAL, not EVALSHA: the importing node may not have the script yet, and this path is rare.

@@ -153,18 +153,33 @@ class ScriptPipeline:
         self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
     ) -> Any:
         """Run `script` in the next batch; returns its reply or raises its error."""
+        return await self.submit(script, keys, args, read_only=read_only)
+
+    def submit(
+        self, script: AsyncScript, keys: list[str], args: list[Any], *, read_only: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue `script` for the next batch now, and return the future of its reply (or error).
+
+        Calls run in the order they were queued, so a caller may queue several before it waits for
+        any. Cancelling the future before its batch leaves keeps the call from being sent.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._is_closed:
-            raise PipelineFailed("relay is shutting down")
+            future.set_exception(PipelineFailed("relay is shutting down"))
+            return future
+        try:
+            tail = _bulk_keys(tuple(keys), self._encode) + _bulk(args, self._encode)
+        except (redis.exceptions.DataError, TypeError) as error:  # an argument Redis cannot take
+            future.set_exception(error)
+            return future
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="redis-pipeline")
             self._task.add_done_callback(self._writer_stopped)
-        tail = _bulk_keys(tuple(keys), self._encode) + _bulk(args, self._encode)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(
             _Call(script, tail, len(keys), len(keys) + len(args), future, time.monotonic(), read_only)
         )
         self._wakeup.set()
-        return await future
+        return future
 
     async def aclose(self) -> None:
         """Stop the writer; the batch in flight and every queued call are answered with PipelineFailed."""

@@ -18,6 +18,22 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+def unavailable_for(error: BaseException, during: str) -> Unavailable | None:
+    """The client's `Unavailable` for a Redis failure (down, timing out, refusing writes), logged and
+    counted; None for any other error (a bug, or an answer the caller must read itself)."""
+    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        logger.warning("redis unavailable during %s: %s", during, error)
+        metrics.REDIS_ERRORS.inc()
+        return Unavailable("room storage is unavailable; retry shortly")
+    if isinstance(error, redis.exceptions.ResponseError) and any(
+        refusal in str(error) for refusal in ("OOM", "READONLY", "LOADING")
+    ):
+        logger.warning("redis refused a write during %s: %s", during, error)
+        metrics.REDIS_ERRORS.inc()
+        return Unavailable("room storage refused the write; retry shortly")
+    return None
+
+
 def redis_unavailable_is_503(
     method: Callable[P, Coroutine[Any, Any, T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -27,15 +43,10 @@ def redis_unavailable_is_503(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            logger.warning("redis unavailable during %s: %s", method.__name__, exc)
-            metrics.REDIS_ERRORS.inc()
-            raise Unavailable("room storage is unavailable; retry shortly") from None
-        except redis.exceptions.ResponseError as exc:
-            if "OOM" in str(exc) or "READONLY" in str(exc) or "LOADING" in str(exc):
-                logger.warning("redis refused a write during %s: %s", method.__name__, exc)
-                metrics.REDIS_ERRORS.inc()
-                raise Unavailable("room storage refused the write; retry shortly") from None
-            raise
+        except redis.exceptions.RedisError as exc:
+            unavailable = unavailable_for(exc, method.__name__)
+            if unavailable is None:
+                raise
+            raise unavailable from None
 
     return wrapper

@@ -8,6 +8,7 @@ replica.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import re
@@ -499,14 +500,22 @@ class Rooms:
 
     @redis_unavailable_is_503
     async def publish_cursor(self, code: str, identity: Identity, cursor: CursorUpdate, origin: str) -> None:
+        await self.queue_cursor(code, identity, cursor, origin)
+
+    def queue_cursor(
+        self, code: str, identity: Identity, cursor: CursorUpdate, origin: str
+    ) -> asyncio.Future[Any]:
+        """Store and publish a cursor, queued now without waiting for Redis (so a socket's reader can
+        take its next frame meanwhile; calls keep their order). The future fails with Redis's own
+        error: `redis_errors.unavailable_for` says which are the client's "unavailable"."""
         now = now_ms()
         frame = cursor_update_frame(identity.user_id, identity.user_name, cursor.cursor_position, now)
         keys = RoomKeys.of(code)
         envelope = Envelope(KIND_EVENT, origin, 0, None, now, frame).pack()
-        await self._run(
+        return self._pipeline.submit(
             self._cursor,
-            keys=keys.all,
-            args=[identity.user_id, cursor.cursor_json, envelope, keys.channel, self._settings.room_ttl],
+            keys.all,
+            [identity.user_id, cursor.cursor_json, envelope, keys.channel, self._settings.room_ttl],
         )
 
     @redis_unavailable_is_503

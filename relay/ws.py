@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
@@ -61,6 +62,7 @@ from relay.protocol import (
     room_state_frame,
     token_refreshed_frame,
 )
+from relay.redis_errors import unavailable_for
 from relay.rooms import CANDIDATE, Resume, Snapshot
 from relay.services import Services
 from relay.session import (
@@ -385,6 +387,7 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
     bucket: TokenBucket | None = None
     flood: _FloodWatch | None = None
     monitoring_bucket: TokenBucket | None = None
+    cursors: _CursorsInFlight | None = None
     last_rate_notice = last_monitoring_notice = last_shed_notice = 0.0
     frame: ClientFrame | RelayError | None
     while True:
@@ -469,10 +472,10 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                 last_shed_notice = time.monotonic()
                 connection.offer(_shed_notice(admission.frame_retry_after()))
         elif isinstance(frame, CursorUpdate):
-            try:
-                await rooms.publish_cursor(connection.room_code, connection.identity, frame, connection.id)
-            except Unavailable as error:
-                connection.offer(_error(error.code, error.message))
+            if cursors is None:
+                cursors = _CursorsInFlight(connection)
+            await cursors.make_room()
+            cursors.add(rooms.queue_cursor(connection.room_code, connection.identity, frame, connection.id))
         elif isinstance(frame, Ping):
             connection.offer(VolatileFrame(PONG_FRAME.decode()))
         elif isinstance(frame, RefreshToken):
@@ -517,6 +520,47 @@ async def _read(websocket: WebSocket, services: Services, connection: Connection
                     continue
                 connection.kick(error)
                 return
+
+
+class _CursorsInFlight:
+    """A socket's cursor_update calls queued on the store and not answered yet.
+
+    The reader does not wait for a cursor's script: it queues it (after the socket's earlier calls,
+    so order holds) and takes the next frame. Had it waited, every frame behind a cursor would wait
+    in the kernel's socket buffer for the round trip, unseen by admission control (which measures the
+    store queue they now wait in instead). At most MAX_IN_FLIGHT per socket: past that the reader waits
+    for the oldest, so a socket sending faster than Redis answers is slowed down, not queued for.
+    """
+
+    __slots__ = ("_connection", "_futures")
+
+    MAX_IN_FLIGHT: ClassVar[int] = 4
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._futures: deque[asyncio.Future[Any]] = deque()
+
+    async def make_room(self) -> None:
+        futures = self._futures
+        while futures and futures[0].done():
+            futures.popleft()
+        if len(futures) >= self.MAX_IN_FLIGHT:
+            with contextlib.suppress(Exception):  # its failure is answered by _answered
+                await futures[0]
+
+    def add(self, future: asyncio.Future[Any]) -> None:
+        future.add_done_callback(self._answered)
+        self._futures.append(future)
+
+    def _answered(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or (error := future.exception()) is None:
+            return
+        unavailable = unavailable_for(error, "publish_cursor")
+        if unavailable is not None:
+            self._connection.offer(_error(unavailable.code, unavailable.message))
+            return
+        logger.error("connection %s: a cursor_update failed", self._connection.id, exc_info=error)
+        self._connection.kick(InternalError("internal error; reconnect to resume"))
 
 
 class _FloodWatch:
