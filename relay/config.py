@@ -225,7 +225,7 @@ class Settings:
     # measured queueing (event-loop lag, the Redis script queue's head wait) near shed_frames_ms; new
     # sockets are refused while it is at least shed_sockets_ms.
     shed_sockets_ms: float = 100.0
-    shed_frames_ms: float = 50.0
+    shed_frames_ms: float = 100.0
     shed_retry_after: float = 2.0
 
     @property

@@ -220,7 +220,7 @@ def test_thresholds_are_validated_with_the_key_in_the_message() -> None:
     with pytest.raises(ConfigError, match="RELAY_SHED_SOCKETS_MS must be >= 0"):
         Settings.from_environ({"RELAY_DEV_MODE": "true", "RELAY_SHED_SOCKETS_MS": "-1"})
     settings = Settings.from_environ({"RELAY_DEV_MODE": "true", "RELAY_SHED_SOCKETS_MS": "0"})
-    assert settings.shed_sockets_ms == 0 and settings.shed_frames_ms == 50
+    assert settings.shed_sockets_ms == 0 and settings.shed_frames_ms == 100
 
 
 def test_overloaded_replica_refuses_new_sockets_with_1013_and_a_retry_hint(redis_server: RedisServer) -> None:
