@@ -16,6 +16,12 @@ and its replies are read under one timeout instead of one per reply. Connection 
 cancellation leave the connection disconnected (redis-py's read and write do that), and the
 connection's own retry policy applies as it did through Pipeline.execute.
 
+Scripts are loaded ahead of their first use: a batch starts with SCRIPT LOAD for every script the
+writer has not loaded yet, and for all of them again on a new connection (Redis may have restarted).
+Otherwise a script new to Redis would fail with NOSCRIPT and be resent after later calls of its batch
+had already run, and a socket's calls (a cursor and the edit after it) would reach Redis out of order.
+(A NOSCRIPT is still handled, for a SCRIPT FLUSH behind relay's back: the calls are loaded and resent.)
+
 The writer is shared by every socket, HTTP request and background loop of the process, so no caller's
 fate may affect another's: a caller that was cancelled while waiting (its socket was closed or kicked)
 has its reply dropped, not set on a future nobody can take it from; a call cancelled before its batch
@@ -138,6 +144,9 @@ class ScriptPipeline:
         # the pool per batch cost a lock and a timer each time), released when the writer stops.
         self._connection: Any = None
         self._longest_wait = 0.0  # see take_longest_wait
+        # Every script this writer has run (an ordered set), and those to load before the next batch.
+        self._scripts: dict[AsyncScript, None] = {}
+        self._unloaded: set[AsyncScript] = set()
 
     def take_longest_wait(self) -> float:
         """The longest time a call waited in this queue for its batch to leave, since the previous take
@@ -172,6 +181,9 @@ class ScriptPipeline:
         except (redis.exceptions.DataError, TypeError) as error:  # an argument Redis cannot take
             future.set_exception(error)
             return future
+        if script not in self._scripts:
+            self._scripts[script] = None
+            self._unloaded.add(script)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="redis-pipeline")
             self._task.add_done_callback(self._writer_stopped)
@@ -310,18 +322,25 @@ class ScriptPipeline:
             # What the pool checks when it hands a connection out (no syscall): connected, nothing
             # unread, not closed by the server meanwhile (a restart, a failover); else reconnect now,
             # before anything is sent, as a connection taken from the pool per batch would.
-            if not connection.is_connected:
+            if not connection.is_connected or await connection.can_read():
+                if connection.is_connected:
+                    await connection.disconnect()
                 await connection.connect()
-            elif await connection.can_read():
-                await connection.disconnect()
-                await connection.connect()
+                self._unloaded.update(self._scripts)  # a new connection: maybe a restarted Redis
+            loading = list(self._unloaded)
+            preamble = b"".join(_bulk_command(self._encode, "SCRIPT", "LOAD", s.script) for s in loading)
             replies: list[Any] = []
             try:
                 # One timer for the write and the batch's replies: redis-py's send_packed_command wraps
                 # each write in wait_for (a task per write), its reads each in a timeout of their own
                 # (math.inf: none). Whatever cuts a write or a read short disconnects the connection.
                 async with asyncio.timeout(connection.socket_timeout):
-                    await _write(connection, packed)
+                    await _write(connection, preamble + packed)
+                    for _ in loading:
+                        # A script Redis refused to load fails its calls with NOSCRIPT, handled there.
+                        with contextlib.suppress(redis.exceptions.ResponseError):
+                            await connection.read_response(timeout=math.inf)
+                    self._unloaded.difference_update(loading)
                     for _ in range(count):
                         try:
                             replies.append(await connection.read_response(timeout=math.inf))

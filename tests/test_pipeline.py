@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 from typing import Any
 
@@ -66,6 +67,33 @@ def test_scripts_are_reloaded_after_redis_forgets_them(redis_server: RedisServer
         return value
 
     assert asyncio.run(scenario()) == 42
+
+
+def test_a_script_new_to_redis_keeps_its_place_in_its_batch(redis_server: RedisServer) -> None:
+    """A batch holding a call of a script Redis has not loaded yet, then a call of one it has: they run
+    in the order queued (a NOSCRIPT resent after the batch would run after the second: a socket's
+    cursor after its own next edit)."""
+
+    async def scenario() -> list[str]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        pipeline = ScriptPipeline(client)
+        nonce = secrets.token_hex(8)  # script texts no earlier run loaded
+        first = client.register_script(f"-- {nonce} first\n{APPEND}")
+        second = client.register_script(f"-- {nonce} second\n{APPEND}")
+        key = f"pipeline-test:new-script:{nonce}"
+        try:
+            await pipeline.call(second, [key], ["second, alone"])
+            queued = [pipeline.submit(first, [key], ["first"]), pipeline.submit(second, [key], ["second"])]
+            assert await asyncio.gather(*queued) == [2, 3]
+            return [
+                item.decode() if isinstance(item, bytes) else item for item in await client.lrange(key, 0, -1)
+            ]
+        finally:
+            await client.delete(key)
+            await pipeline.aclose()
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == ["second, alone", "first", "second"]
 
 
 def test_every_caller_of_a_failed_batch_gets_the_error() -> None:
