@@ -41,6 +41,12 @@ Nothing is shed during a burst allowance (PIE's, RFC 8033 section 4.4): from a c
 MAX_BURST seconds of queueing are let through whatever the law says, so a garbage-collection pause or
 a moment without the CPU does not bounce edits that the replica clears as soon as it runs again (a
 refused edit comes back seconds later: worse than the pause). Only queueing that stands longer sheds.
+
+What shedding cannot do: a refused frame has still been received, parsed and answered. When reading
+the offered frames alone takes the replica's CPU (twice the load it carries, on a small machine), the
+law sheds nearly everything while the queueing stays near the target, and accepted work still waits a
+few loop iterations of reading (docs/performance.md, round four). Capacity is the remedy there; a
+shed proportion above 0 on `/metrics` is the sign that a replica is past it.
 """
 
 from __future__ import annotations

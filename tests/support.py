@@ -195,12 +195,13 @@ def join_room(base_http: str, user_token: str, code: str) -> dict[str, Any]:
     return data
 
 
-def connected_pair(replica: Replica) -> tuple[str, Client, Client]:
-    """A room created by alice and joined by bob, both connected and past their room_state."""
+def connected_pair(replica: Replica, bobs_replica: Replica | None = None) -> tuple[str, Client, Client]:
+    """A room created by alice and joined by bob, both connected (bob to `bobs_replica` if given) and
+    past their room_state."""
     alice, bob = token("alice"), token("bob")
     code = create_room(replica.http, alice)
     join_room(replica.http, bob, code)
-    a, b = Client(replica.ws, code, alice), Client(replica.ws, code, bob)
+    a, b = Client(replica.ws, code, alice), Client((bobs_replica or replica).ws, code, bob)
     a.recv_type("room_state")
     b.recv_type("room_state")
     return code, a, b

@@ -14,14 +14,10 @@ import redis
 
 from tests.support import (
     FAST_REPLICA_ENV,
-    Client,
     RedisServer,
     Replica,
     connected_pair,
-    create_room,
-    join_room,
     replicas,
-    token,
 )
 
 
@@ -40,12 +36,7 @@ def test_cursors_and_edits_of_one_socket_arrive_in_the_order_sent(redis_server: 
     """Cursors are queued without waiting and edits are awaited: interleaved, they still reach the
     member on the other replica in the order the sender sent them."""
     with replicas(2, {"REDIS_URL": redis_server.url, **FAST_REPLICA_ENV}) as (first, second):
-        alice, bob = token("alice"), token("bob")
-        code = create_room(first.http, alice)
-        join_room(first.http, bob, code)
-        a, b = Client(first.ws, code, alice), Client(second.ws, code, bob)
-        a.recv_type("room_state")
-        b.recv_type("room_state")
+        _, a, b = connected_pair(first, second)
         sent = []
         for i in range(40):
             a.send(cursor(i + 1))
