@@ -545,8 +545,9 @@ class _CursorsInFlight:
         while futures and futures[0].done():
             futures.popleft()
         if len(futures) >= self.MAX_IN_FLIGHT:
+            oldest = futures.popleft()
             with contextlib.suppress(Exception):  # its failure is answered by _answered
-                await futures[0]
+                await oldest
 
     def add(self, future: asyncio.Future[Any]) -> None:
         future.add_done_callback(self._answered)
@@ -555,7 +556,8 @@ class _CursorsInFlight:
     def _answered(self, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or (error := future.exception()) is None:
             return
-        unavailable = unavailable_for(error, "publish_cursor")
+        # Redis down or refusing (or, in a cluster, a slot that kept moving): the client's "unavailable".
+        unavailable = error if isinstance(error, Unavailable) else unavailable_for(error, "publish_cursor")
         if unavailable is not None:
             self._connection.offer(_error(unavailable.code, unavailable.message))
             return

@@ -7,11 +7,19 @@ paused or stopped here are this module's own.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from relay.auth import Identity
+from relay.errors import InternalError, RelayError, Unavailable
+from relay.pipeline import PipelineFailed
+from relay.session import Connection, VolatileFrame
+from relay.ws import _CursorsInFlight
 from tests.support import (
     FAST_REPLICA_ENV,
     RedisServer,
@@ -97,3 +105,40 @@ def test_a_cursor_redis_cannot_take_is_answered_unavailable_and_the_socket_stays
         b.close()
     finally:
         replica.stop()
+
+
+def test_a_failed_cursor_is_answered_by_what_failed() -> None:
+    """The answer to a cursor whose script failed, in process (no Redis needed: the futures are failed
+    by hand): Redis down or refusing, or a cluster slot that kept moving, is the client's `unavailable`
+    and the socket stays; anything else is a bug, logged, and the socket is closed with 1011."""
+
+    async def scenario() -> tuple[list[str], RelayError | None, RelayError | None]:
+        identity = Identity("alice", "alice", None, is_interviewer=True, expires_at=time.time() + 60)
+        connection = Connection("ABC123", identity, "interviewer", 16)
+        cursors = _CursorsInFlight(connection)
+        loop = asyncio.get_running_loop()
+        for error in (
+            Unavailable("the room's slot keeps moving; retry shortly"),
+            PipelineFailed("the Redis pipeline writer failed"),
+            redis.exceptions.ResponseError("READONLY You can't write against a read only replica."),
+        ):
+            failed: asyncio.Future[object] = loop.create_future()
+            cursors.add(failed)
+            failed.set_exception(error)
+        await asyncio.sleep(0)
+        answers = []
+        while len(connection.queue):
+            item = await connection.queue.get()
+            assert isinstance(item, VolatileFrame)
+            answers.append(json.loads(item.text)["code"])
+        still_open = connection.closing
+        bug: asyncio.Future[object] = loop.create_future()
+        cursors.add(bug)
+        bug.set_exception(KeyError("a bug"))
+        await asyncio.sleep(0)
+        return answers, still_open, connection.closing
+
+    answers, still_open, closing = asyncio.run(scenario())
+    assert answers == ["unavailable"] * 3
+    assert still_open is None
+    assert isinstance(closing, InternalError) and closing.close_code == 1011
