@@ -124,8 +124,10 @@ class Admission:
         self._timer = loop.call_later(SAMPLE_INTERVAL, self._end_interval_on_time)
 
     def _end_interval_on_time(self) -> None:
-        self.end_interval(lag=self._clock() - self._due)
-        self._schedule()
+        try:
+            self.end_interval(lag=self._clock() - self._due)
+        finally:
+            self._schedule()  # whatever happened, measuring goes on (the loop logs an error)
 
     def end_interval(self, lag: float) -> None:
         """Close one interval, whose timer ran `lag` seconds late: measure the queueing, then move the
