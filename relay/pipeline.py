@@ -316,6 +316,7 @@ class ScriptPipeline:
         pool = self._redis.connection_pool
         if self._connection is None:
             self._connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            self._unloaded.update(self._scripts)  # this writer's first connection: load them all once
         connection = self._connection
 
         async def exchange() -> list[Any]:
