@@ -65,13 +65,14 @@ def test_cursors_and_edits_of_one_socket_arrive_in_the_order_sent(redis_server: 
 
 
 def test_a_socket_is_read_while_its_cursors_wait_for_redis(own_redis: RedisServer) -> None:
-    """Redis holds writes for 2 s (CLIENT PAUSE on this test's own server): the sender's ping behind
-    three cursors is answered at once, before any of them is stored; the cursors follow, in order."""
+    """Redis holds writes (CLIENT PAUSE on this test's own server, long enough for a slow machine): the
+    sender's ping behind three cursors is answered, before any of them is stored (an awaiting reader
+    would answer it only after the pause); once Redis takes writes again the cursors follow, in order."""
     replica = Replica({"REDIS_URL": own_redis.url, **FAST_REPLICA_ENV}, name="cursors-paused").start()
     admin = redis.Redis.from_url(own_redis.url)
     try:
         _, a, b = connected_pair(replica)
-        admin.execute_command("CLIENT", "PAUSE", "2000", "WRITE")  # type: ignore[no-untyped-call]
+        admin.execute_command("CLIENT", "PAUSE", "30000", "WRITE")  # type: ignore[no-untyped-call]
         for line in (1, 2, 3):
             a.send(cursor(line))
         a.send({"type": "ping"})
@@ -79,6 +80,7 @@ def test_a_socket_is_read_while_its_cursors_wait_for_redis(own_redis: RedisServe
         assert not [f for f in b.drain(quiet=0.2) if f["type"] == "cursor_update"], (
             "a cursor was stored while Redis held writes"
         )
+        admin.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
         lines = [b.recv_type("cursor_update", timeout=10)["cursor_position"]["lineNumber"] for _ in range(3)]
         assert lines == [1, 2, 3]
         a.close()
