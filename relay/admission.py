@@ -30,12 +30,12 @@ stands, and averaging them made the shedding flip between "all" and "nothing" se
 Frames are shed in a proportion, not all or nothing: a proportional-integral law, PIE's form for packet
 queues. Each interval the proportion rises by GAIN per target of queueing above the target
 RELAY_SHED_FRAMES_MS (falls by as much below it), plus DAMPING per target the queueing rose since the
-previous interval (falls: a pause that has ended takes its shedding with it). So a replica offered
-twice what it can carry settles at refusing about half of it, at about the target's queueing, instead
-of refusing everything while a measure is high and taking everything (and a queue with it) while it is
-low. New sockets are refused while the queueing is at least RELAY_SHED_SOCKETS_MS or more than half of
-the frames are shed: a new socket brings more work than one frame, but a storm of connections alone
-(a load balancer moving a thousand sockets here) must not turn every newcomer away.
+previous interval (falls: a pause that has ended takes its shedding with it). So the queueing is held
+near the target by refusing as much as it takes (if refusing were free, half of twice what the replica
+can carry), instead of refusing everything while a measure is high and taking everything (and a queue
+with it) while it is low. New sockets are refused while the queueing is at least RELAY_SHED_SOCKETS_MS
+or more than half of the frames are shed: a new socket brings more work than one frame, but a storm of
+connections alone (a load balancer moving a thousand sockets here) must not turn every newcomer away.
 
 Nothing is shed during a burst allowance (PIE's, RFC 8033 section 4.4): from a calm state, the first
 MAX_BURST seconds of queueing are let through whatever the law says, so a garbage-collection pause or
