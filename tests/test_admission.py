@@ -173,7 +173,7 @@ def test_a_blocked_event_loop_and_a_waiting_store_queue_are_measured_as_queueing
 
     after_block, with_queue = asyncio.run(scenario())
     assert after_block >= 0.25
-    assert with_queue == 0.7
+    assert with_queue >= 0.7  # the larger of the lag and the queue's wait
 
 
 def test_the_pipeline_reports_the_longest_wait_of_its_queue_head(redis_server: RedisServer) -> None:
