@@ -20,7 +20,8 @@ Scripts are loaded ahead of their first use: a batch starts with SCRIPT LOAD for
 writer has not loaded yet, and for all of them again on a new connection (Redis may have restarted).
 Otherwise a script new to Redis would fail with NOSCRIPT and be resent after later calls of its batch
 had already run, and a socket's calls (a cursor and the edit after it) would reach Redis out of order.
-(A NOSCRIPT is still handled, for a SCRIPT FLUSH behind relay's back: the calls are loaded and resent.)
+(A NOSCRIPT is still handled, for a SCRIPT FLUSH behind relay's back: the calls are resent behind a
+SCRIPT LOAD of their scripts, at most MAX_SCRIPT_RELOADS times.)
 
 The writer is shared by every socket, HTTP request and background loop of the process, so no caller's
 fate may affect another's: a caller that was cancelled while waiting (its socket was closed or kicked)
@@ -144,8 +145,8 @@ class ScriptPipeline:
         # the pool per batch cost a lock and a timer each time), released when the writer stops.
         self._connection: Any = None
         self._longest_wait = 0.0  # see take_longest_wait
-        # Every script this writer has run (an ordered set), and those to load before the next batch.
-        self._scripts: dict[AsyncScript, None] = {}
+        # Every script this writer has run, and those to load before the next batch.
+        self._scripts: set[AsyncScript] = set()
         self._unloaded: set[AsyncScript] = set()
 
     def take_longest_wait(self) -> float:
@@ -182,7 +183,7 @@ class ScriptPipeline:
             future.set_exception(error)
             return future
         if script not in self._scripts:
-            self._scripts[script] = None
+            self._scripts.add(script)
             self._unloaded.add(script)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="redis-pipeline")
@@ -273,12 +274,10 @@ class ScriptPipeline:
                 for call in retry:
                     call.resolve(redis.exceptions.NoScriptError("Lua scripts keep disappearing"))
                 return
-            try:
-                await self._load_scripts({call.script for call in retry})
-            except _REDIS_FAILURES as error:
-                for call in retry:
-                    call.resolve(error)
-                return
+            # Loaded again in front of the resent calls, on the same connection (see _round_trip).
+            lost = {call.script for call in retry}
+            logger.info("Redis had lost %d Lua scripts (a SCRIPT FLUSH?): loading them again", len(lost))
+            self._unloaded.update(lost)
             batch = [call for call in retry if not call.future.done()]
             reloads += 1
             if not batch:
@@ -357,8 +356,3 @@ class ScriptPipeline:
 
         replies: list[Any] = await connection.retry.call_with_retry(exchange, failed)
         return replies
-
-    async def _load_scripts(self, scripts: set[AsyncScript]) -> None:
-        for script in scripts:
-            script.sha = await self._redis.script_load(script.script)
-        logger.info("loaded %d Lua scripts into Redis", len(scripts))

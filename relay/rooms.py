@@ -498,10 +498,6 @@ class Rooms:
         )
         return int(result[1]) if _text(result[0]) == "ok" else None
 
-    @redis_unavailable_is_503
-    async def publish_cursor(self, code: str, identity: Identity, cursor: CursorUpdate, origin: str) -> None:
-        await self.queue_cursor(code, identity, cursor, origin)
-
     def queue_cursor(
         self, code: str, identity: Identity, cursor: CursorUpdate, origin: str
     ) -> asyncio.Future[Any]:

@@ -557,7 +557,7 @@ class _CursorsInFlight:
         if future.cancelled() or (error := future.exception()) is None:
             return
         # Redis down or refusing (or, in a cluster, a slot that kept moving): the client's "unavailable".
-        unavailable = error if isinstance(error, Unavailable) else unavailable_for(error, "publish_cursor")
+        unavailable = error if isinstance(error, Unavailable) else unavailable_for(error, "queue_cursor")
         if unavailable is not None:
             self._connection.offer(_error(unavailable.code, unavailable.message))
             return

@@ -347,7 +347,6 @@ def test_a_writer_stopped_mid_batch_hands_no_unread_reply_to_the_pools_next_user
             "local t = redis.call('TIME'); local start = t[1] * 1e6 + t[2]; "
             "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - start > 200000; return 7"
         )
-        await client.script_load(script.script)  # so the writer needs no second connection to load it
         caller = asyncio.create_task(pipeline.call(script, [], []))
         await asyncio.sleep(0.05)  # the batch is sent; its reply comes in 150 ms
         await pipeline.aclose()
@@ -368,7 +367,6 @@ def test_a_writer_stopped_mid_write_hands_no_half_command_to_the_pools_next_user
             client = aioredis.Redis.from_url(server.url, max_connections=1)
             pipeline = ScriptPipeline(client)
             script = client.register_script("return 1")
-            await client.script_load(script.script)
             server.send_signal(signal.SIGSTOP)
             try:
                 # Far more than the socket buffers hold: the write waits for Redis to read.

@@ -163,7 +163,7 @@ def test_every_key_the_hot_path_writes_expires() -> None:
         keys = RoomKeys.of(room.code)
         cursor = parse_client_frame('{"type":"cursor_update","cursor_position":[3]}', max_document_bytes=100)
         assert isinstance(cursor, CursorUpdate)
-        await rooms.publish_cursor(room.code, BOB, cursor, "conn1")
+        await rooms.queue_cursor(room.code, BOB, cursor, "conn1")
         assert 0 < await redis.ttl(keys.cursors) <= 24 * 3600
         await redis.expire(keys.members, 1000)  # fresh room TTL: an edit leaves other keys' TTLs alone
         edit = parse_client_frame(
