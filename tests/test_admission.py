@@ -53,9 +53,17 @@ class StoreQueue:
 
     def __init__(self) -> None:
         self.wait = 0.0
+        self._read = asyncio.Event()  # set each time admission control closes an interval
 
     def __call__(self) -> float:
+        self._read.set()
         return self.wait
+
+    async def next_interval(self) -> None:
+        """Wait until admission control closes its next interval."""
+        self._read.clear()
+        async with asyncio.timeout(10):
+            await self._read.wait()
 
 
 def admission(
@@ -163,10 +171,10 @@ def test_a_blocked_event_loop_and_a_waiting_store_queue_are_measured_as_queueing
         control.start()
         try:
             time.sleep(0.3)  # noqa: ASYNC251 - blocking the loop is the point
-            await asyncio.sleep(0.01)  # the late timer has run
+            await queue.next_interval()  # the late timer has run
             after_block = control.queueing
             queue.wait = 0.7
-            await asyncio.sleep(0.12)  # at least one more interval
+            await queue.next_interval()
             return after_block, control.queueing
         finally:
             control.stop()
@@ -180,7 +188,10 @@ def test_the_pipeline_reports_the_longest_wait_of_its_queue_head(redis_server: R
     """take_longest_wait: about 0 when nothing waited; each take starts a new measure; a call held behind
     a batch that its server does not answer counts with its wait so far."""
 
+    contacted = asyncio.Event()
+
     async def silent_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        contacted.set()  # only a writer with a batch to send connects
         await reader.read(-1)  # takes everything, answers nothing
 
     async def scenario() -> None:
@@ -198,9 +209,10 @@ def test_the_pipeline_reports_the_longest_wait_of_its_queue_head(redis_server: R
             assert pipeline.take_longest_wait() < 0.1
             assert pipeline.take_longest_wait() == 0.0
             first = asyncio.ensure_future(stuck.call(script, ["k"], ["a"]))
-            await asyncio.sleep(0.05)  # the first call's batch has left and waits for its answer
+            async with asyncio.timeout(10):
+                await contacted.wait()  # the first call's batch has left the queue
             second = asyncio.ensure_future(stuck.call(script, ["k"], ["b"]))
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.15)  # the wait to be measured
             assert stuck.take_longest_wait() >= 0.14  # the second, queued behind it
             assert not first.done() and not second.done()
         finally:
